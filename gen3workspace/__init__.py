@@ -1,0 +1,1 @@
+"""Gen3 Workspace: JupyterHub for Gen3 data commons (authenticator, spawners, CLI)."""

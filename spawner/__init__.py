@@ -1,0 +1,1 @@
+"""The spawner side of Gen3 Workspace: flavor catalogue, Kubernetes and local spawners."""
