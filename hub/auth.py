@@ -1,0 +1,319 @@
+"""Gen3OAuthenticator: JupyterHub login through a Gen3 commons' Fence (OAuth2/OIDC)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+from urllib.parse import urlencode
+
+from oauthenticator.generic import GenericOAuthenticator
+from oauthenticator.oauth2 import OAuthLogoutHandler
+from tornado import web
+from tornado.httpclient import HTTPClientError
+from traitlets import Bool, Dict, Integer, Unicode, default, validate
+
+from gen3workspace.spawner.flavors import has_permission
+
+
+def jwt_claims(token: str | None) -> dict[str, Any]:
+    """The claims of a JWT without verifying it: only used to read `exp` of our own token."""
+    if not token or token.count(".") != 2:
+        return {}
+    payload = token.split(".")[1]
+    try:
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, TypeError):
+        return {}
+
+
+def _fence_unreachable(e: BaseException) -> bool:
+    """Connection failures, timeouts and 5xx: Fence is down, not the user's fault."""
+    if isinstance(e, HTTPClientError):
+        return e.code == 599 or e.code >= 500
+    return isinstance(e, (OSError, TimeoutError))
+
+
+class Gen3LogoutHandler(OAuthLogoutHandler):
+    """Logs out of the hub, then sends the browser through Fence's logout to end that session too."""
+
+    async def render_logout_page(self) -> None:
+        target = self.authenticator.fence_logout_redirect()
+        if target:
+            self.redirect(target)
+            return
+        await super().render_logout_page()
+
+
+class Gen3OAuthenticator(GenericOAuthenticator):
+    """Authenticate Gen3 commons users with Fence and admit those allowed to use the Workspace."""
+
+    logout_handler = Gen3LogoutHandler
+
+    commons_url = Unicode(
+        "",
+        config=True,
+        help="""Base URL of the Gen3 commons, e.g. https://data.example.org.
+
+        Every Fence URL (authorize, token, userinfo, logout, API keys) is derived from it as
+        `<commons_url>/user/...`; each can still be overridden on its own.
+        """,
+    )
+
+    @validate("commons_url")
+    def _strip_commons_url(self, proposal: Any) -> str:
+        return proposal.value.rstrip("/")
+
+    fence_url = Unicode(
+        config=True,
+        help="Base URL of Fence. Default: `<commons_url>/user`.",
+    )
+
+    @default("fence_url")
+    def _fence_url_default(self) -> str:
+        return f"{self.commons_url}/user" if self.commons_url else ""
+
+    commons_name = Unicode(
+        "the Gen3 commons",
+        config=True,
+        help="Name of the commons shown on the login button ('Sign in with <commons_name>').",
+    )
+
+    workspace_resource = Unicode(
+        "/workspace",
+        config=True,
+        help="Fence/arborist resource path a user needs a permission on to use the Workspace at all.",
+    )
+    workspace_service = Unicode(
+        "jupyterhub",
+        config=True,
+        help="Service part of the permission required on `workspace_resource`.",
+    )
+    workspace_method = Unicode(
+        "access",
+        config=True,
+        help="Method part of the permission required on `workspace_resource`.",
+    )
+    require_workspace_permission = Bool(
+        True,
+        config=True,
+        help="""Admit only users whose Fence `authz` grants `workspace_method` for
+        `workspace_service` on `workspace_resource`.
+
+        Set False for a commons without such a policy; then the usual OAuthenticator allow
+        settings decide (`allow_all`, `allowed_users`, `allowed_groups`).
+        """,
+    )
+    admin_from_fence = Bool(
+        True,
+        config=True,
+        help="Make users whose Fence userinfo says `is_admin: true` hub admins (in addition to `admin_users` and `admin_groups`).",
+    )
+    authz_groups = Dict(
+        key_trait=Unicode(),
+        value_trait=Unicode(),
+        config=True,
+        help="""Map Fence authz resource paths to JupyterHub group names, e.g.
+        `{"/workspace/gpu": "gpu-users"}`. A user holding any permission on the resource is put
+        in the group, alongside the groups Fence lists in userinfo `groups`. Flavors restrict
+        access by group.
+        """,
+    )
+    refresh_margin_seconds = Integer(
+        300,
+        config=True,
+        help="""Refresh the Fence access token when it expires within this many seconds, so a
+        spawn never starts with a token that dies while the API key is minted.
+        """,
+    )
+    end_fence_session = Bool(
+        True,
+        config=True,
+        help="On hub logout, also send the browser through Fence's logout so the commons session ends.",
+    )
+    post_logout_url = Unicode(
+        config=True,
+        help="Where Fence sends the browser after logout. Default: the commons portal (`commons_url`).",
+    )
+
+    @default("post_logout_url")
+    def _post_logout_url_default(self) -> str:
+        return self.commons_url + "/" if self.commons_url else ""
+
+    fence_logout_url = Unicode(
+        config=True,
+        help="Fence's logout endpoint. Default: `<fence_url>/logout`.",
+    )
+
+    @default("fence_logout_url")
+    def _fence_logout_url_default(self) -> str:
+        return f"{self.fence_url}/logout" if self.fence_url else ""
+
+    # --- OAuthenticator settings derived from the commons -----------------------------
+
+    @default("authorize_url")
+    def _authorize_url_default(self) -> str:
+        return f"{self.fence_url}/oauth2/authorize" if self.fence_url else ""
+
+    @default("token_url")
+    def _token_url_default(self) -> str:
+        return f"{self.fence_url}/oauth2/token" if self.fence_url else ""
+
+    @default("userdata_url")
+    def _userdata_url_default(self) -> str:
+        return f"{self.fence_url}/user" if self.fence_url else ""
+
+    @default("scope")
+    def _scope_default(self) -> list[str]:
+        return ["openid", "user", "data"]
+
+    @default("basic_auth")
+    def _basic_auth_default(self) -> bool:
+        # Fence registers clients with token_endpoint_auth_method client_secret_basic.
+        return True
+
+    @default("username_claim")
+    def _username_claim_default(self) -> str:
+        return "username"
+
+    @default("login_service")
+    def _login_service_default(self) -> str:
+        return self.commons_name
+
+    @default("enable_auth_state")
+    def _enable_auth_state_default(self) -> bool:
+        # The spawner needs the access token to mint the user's API key.
+        return True
+
+    @default("manage_groups")
+    def _manage_groups_default(self) -> bool:
+        return True
+
+    @default("auth_state_groups_key")
+    def _auth_state_groups_key_default(self) -> Any:
+        return self.fence_groups
+
+    # --- who gets in -----------------------------------------------------------------
+
+    def required_permission(self) -> str:
+        return (
+            f"method '{self.workspace_method}' for service '{self.workspace_service}' "
+            f"on resource '{self.workspace_resource}'"
+        )
+
+    def userinfo(self, auth_state: dict[str, Any] | None) -> dict[str, Any]:
+        return (auth_state or {}).get(self.user_auth_state_key) or {}
+
+    def has_workspace_permission(self, auth_state: dict[str, Any] | None) -> bool:
+        authz = self.userinfo(auth_state).get("authz") or {}
+        return has_permission(authz, self.workspace_resource, self.workspace_service, self.workspace_method)
+
+    def fence_groups(self, auth_state: dict[str, Any]) -> list[str]:
+        """Fence's `groups` plus the groups `authz_groups` maps the user's resources to."""
+        info = self.userinfo(auth_state)
+        groups = {str(g) for g in info.get("groups") or () if g}
+        authz = info.get("authz") or {}
+        groups.update(group for resource, group in self.authz_groups.items() if authz.get(resource))
+        return sorted(groups)
+
+    async def update_auth_model(self, auth_model: dict[str, Any]) -> dict[str, Any]:
+        if self.admin_from_fence and self.userinfo(auth_model.get("auth_state")).get("is_admin") is True:
+            auth_model["admin"] = True
+        return auth_model
+
+    async def check_allowed(self, username: str, auth_model: dict[str, Any] | None) -> bool:
+        if auth_model is None:
+            return True
+        if not self.require_workspace_permission:
+            return await super().check_allowed(username, auth_model)
+        if self.has_workspace_permission(auth_model.get("auth_state")):
+            return True
+        self.log.warning("Refusing %s: no %s in Fence authz", username, self.required_permission())
+        # Raised rather than returned so the 403 page names what is missing.
+        raise web.HTTPError(
+            403,
+            f"Your account {username} is not allowed to use the Workspace: it needs the "
+            f"{self.required_permission()} in the commons' authorization policy. "
+            "Ask the commons administrators to grant it, then log in again.",
+        )
+
+    # --- talking to Fence ------------------------------------------------------------
+
+    async def get_token_info(self, handler: Any, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            token_info = await super().get_token_info(handler, params)
+        except web.HTTPError as e:
+            # Upstream puts the whole token response in this message; keep tokens out of pages and logs.
+            raise web.HTTPError(e.status_code, "Fence did not return a usable access token.") from None
+        return token_info
+
+    async def authenticate(self, handler: Any, data: Any = None, **kwargs: Any) -> dict[str, Any] | None:
+        try:
+            return await super().authenticate(handler, data, **kwargs)
+        except Exception as e:
+            if _fence_unreachable(e):
+                self.log.error("Fence at %s unreachable during login: %s", self.fence_url, e)
+                raise web.HTTPError(
+                    503,
+                    f"The commons' login service (Fence at {self.fence_url}) is not answering right "
+                    "now, so you cannot be logged in. Please try again in a few minutes.",
+                ) from None
+            if isinstance(e, HTTPClientError):
+                self.log.warning("Fence refused the login code exchange: HTTP %s", e.code)
+                raise web.HTTPError(
+                    403, "Fence refused this login (the code may have expired). Please log in again."
+                ) from None
+            raise
+
+    def _expires_soon(self, auth_state: dict[str, Any]) -> bool:
+        exp = jwt_claims(auth_state.get("access_token")).get("exp")
+        return isinstance(exp, (int, float)) and exp - time.time() < self.refresh_margin_seconds
+
+    async def _refresh_grant(self, user: Any, auth_state: dict[str, Any], handler: Any) -> dict[str, Any] | bool:
+        refresh_token = auth_state.get("refresh_token")
+        if not refresh_token:
+            self.log.info("No refresh token for %s; a new login is needed", user.name)
+            return False
+        try:
+            token_info = await self.get_token_info(handler, self.build_refresh_token_request_params(refresh_token))
+        except Exception as e:
+            if _fence_unreachable(e):
+                raise
+            self.log.info("Fence rejected the refresh token of %s; a new login is needed", user.name)
+            return False
+        token_info.setdefault("refresh_token", refresh_token)
+        self.log.info("Refreshed the Fence access token of %s", user.name)
+        return await self._token_to_auth_model(token_info)
+
+    async def refresh_user(self, user: Any, handler: Any = None, **kwargs: Any) -> dict[str, Any] | bool:
+        if not self.enable_auth_state:
+            return True
+        auth_state = await user.get_auth_state()
+        if not auth_state:
+            return False
+        try:
+            if self._expires_soon(auth_state):
+                model = await self._refresh_grant(user, auth_state, handler)
+            else:
+                model = await super().refresh_user(user, handler, **kwargs)
+        except Exception as e:
+            if not _fence_unreachable(e):
+                raise
+            # A Fence outage must not log everyone out; the next refresh tries again.
+            self.log.warning("Fence unreachable while refreshing %s (%s); keeping the current session", user.name, e)
+            return True
+        if isinstance(model, dict) and self.require_workspace_permission:
+            if not self.has_workspace_permission(model.get("auth_state")):
+                self.log.warning("%s lost the workspace permission; a new login is needed", user.name)
+                return False
+        return model
+
+    def fence_logout_redirect(self) -> str:
+        """Fence logout URL that comes back to `post_logout_url`, or the configured redirect."""
+        if self.logout_redirect_url:
+            return self.logout_redirect_url
+        if not (self.end_fence_session and self.fence_logout_url):
+            return ""
+        nxt = self.post_logout_url
+        return f"{self.fence_logout_url}?{urlencode({'next': nxt})}" if nxt else self.fence_logout_url

@@ -1,0 +1,207 @@
+"""The `gen3-workspace` command: run the embedded workspace (`up`) and check flavor catalogues (`flavors`)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from gen3workspace.spawner.flavors import CatalogueError, load_catalogue, schema_json
+
+from .local import LocalSettings, find_proxy_command, persistent_secret
+
+HUB_CONFIG = """\
+# Written by `gen3-workspace up`; edit the command's options instead.
+from gen3workspace.hub.local import LocalSettings, configure
+configure(c, LocalSettings.load({settings!r}))
+{extra}"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_free(ip: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((ip, port))
+        except OSError:
+            return False
+    return True
+
+
+def is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return ip == "localhost"
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    data = Path(args.data_dir).absolute()
+    data.mkdir(parents=True, exist_ok=True)
+    fence = bool(args.commons_url and args.client_id)
+    if (args.commons_url or args.client_id) and not fence:
+        print("error: Fence login needs both --commons-url and --client-id (and GEN3_CLIENT_SECRET in the environment).", file=sys.stderr)
+        return 2
+    if fence and not os.environ.get("GEN3_CLIENT_SECRET"):
+        print("error: set GEN3_CLIENT_SECRET in the environment for the Fence client.", file=sys.stderr)
+        return 2
+    if not fence and not is_loopback(args.ip):
+        print("error: the dev login (no --commons-url/--client-id) only listens on 127.0.0.1; refusing --ip", args.ip, file=sys.stderr)
+        return 2
+    if not port_free(args.ip, args.port):
+        print(f"error: port {args.port} on {args.ip} is in use; pick another with --port.", file=sys.stderr)
+        return 2
+    if args.flavors:
+        try:
+            load_catalogue(args.flavors)
+        except CatalogueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    proxy = find_proxy_command()
+    if not proxy:
+        print("error: configurable-http-proxy not found; run the set-up (make setup) first.", file=sys.stderr)
+        return 2
+    base_url = "/" + args.base_url.strip("/") + "/" if args.base_url.strip("/") else "/"
+    dev_groups: dict[str, list[str]] = {}
+    for item in args.dev_group:
+        user, _, group = item.partition("=")
+        dev_groups.setdefault(user, []).append(group)
+    settings = LocalSettings(
+        data_dir=str(data),
+        ip=args.ip,
+        port=args.port,
+        hub_port=free_port(),
+        proxy_api_port=free_port(),
+        base_url=base_url,
+        commons_url=(args.commons_url or "").rstrip("/"),
+        commons_name=args.commons_name,
+        client_id=args.client_id or "",
+        flavor_file=str(Path(args.flavors).absolute()) if args.flavors else "",
+        frame_ancestors=args.frame_ancestor,
+        portal_url=args.portal_url or "",
+        egress_proxy=args.egress_proxy or "",
+        no_proxy=args.no_proxy,
+        issue_api_key=not args.no_api_key,
+        dev_groups=dev_groups,
+        proxy_command=proxy,
+        debug=args.debug,
+    )
+    settings_path = data / "settings.json"
+    settings.save(settings_path)
+    config_path = data / "jupyterhub_config.py"
+    extra = f"load_subconfig({str(Path(args.extra_config).absolute())!r})\n" if args.extra_config else ""
+    config_path.write_text(HUB_CONFIG.format(settings=str(settings_path), extra=extra))
+
+    env = dict(os.environ)
+    env["JUPYTERHUB_CRYPT_KEY"] = persistent_secret(data / "crypt_key")
+    env["CONFIGPROXY_AUTH_TOKEN"] = persistent_secret(data / "proxy_token")
+    env["GEN3WS_DATA_DIR"] = str(data)
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "jupyterhub", "--config", str(config_path)],
+        cwd=str(data),
+        env=env,
+    )
+    host = "127.0.0.1" if args.ip in ("0.0.0.0", "") else args.ip
+    url = f"http://{host}:{args.port}{base_url}"
+
+    def forward(signum: int, _frame: object) -> None:
+        # JupyterHub stops the proxy and every user server when it gets SIGINT/SIGTERM.
+        if hub.poll() is None:
+            hub.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    announced = False
+    while hub.poll() is None:
+        if not announced:
+            try:
+                with urllib.request.urlopen(f"{url}hub/health", timeout=2) as r:
+                    announced = r.status == 200
+            except (urllib.error.URLError, OSError):
+                pass
+            if announced:
+                mode = "Fence login via " + settings.commons_url if fence else "DEV LOGIN (any username, localhost only)"
+                print(f"\nGen3 Workspace is running: open {url}\n  login: {mode}\n  data:  {data}\n  stop:  Ctrl-C\n", flush=True)
+                continue
+        time.sleep(0.5)
+    return hub.returncode if hub.returncode >= 0 else 0
+
+
+def _cmd_flavors(args: argparse.Namespace) -> int:
+    if args.action == "schema":
+        sys.stdout.write(schema_json())
+        return 0
+    if not args.file:
+        print("error: give the catalogue file", file=sys.stderr)
+        return 2
+    try:
+        catalogue = load_catalogue(args.file)
+    except CatalogueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.action == "validate":
+        print(f"{args.file}: OK, {len(catalogue.flavors)} flavors, default {catalogue.default}")
+        return 0
+    rows = [f.summary() for f in catalogue.flavors]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'NAME':<18} {'CPU':<8} {'MEMORY':<10} {'GPU':<4} {'GROUPS':<16} IMAGE")
+    for r in rows:
+        default = " (default)" if r["name"] == catalogue.default else ""
+        groups = ",".join(r["restricted_to"]) or "everyone"
+        print(f"{r['name']:<18} {r['cpu']:<8} {r['memory']:<10} {r['gpu']:<4} {groups:<16} {r['image']}{default}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gen3-workspace", description="Gen3 Workspace: JupyterHub for Gen3 data commons.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the workspace on this machine (local servers, real JupyterHub and proxy)")
+    up.add_argument("--data-dir", default=os.environ.get("GEN3WS_DATA_DIR", "var"), help="hub database, users' drives and secrets (default: ./var)")
+    up.add_argument("--ip", default="127.0.0.1", help="address to listen on (dev login: loopback only)")
+    up.add_argument("--port", type=int, default=8000, help="public port (default 8000)")
+    up.add_argument("--base-url", default="/", help="URL prefix, e.g. /lw-workspace/ behind the data portal")
+    up.add_argument("--commons-url", help="Gen3 commons URL for Fence login, e.g. https://data.example.org")
+    up.add_argument("--commons-name", default="", help="name of the commons on the login page")
+    up.add_argument("--client-id", help="Fence OAuth client id (secret from GEN3_CLIENT_SECRET)")
+    up.add_argument("--flavors", help="flavor catalogue YAML (default: the example catalogue)")
+    up.add_argument("--frame-ancestor", action="append", default=[], help="origin allowed to embed the hub (repeatable)")
+    up.add_argument("--portal-url", help="where logout sends the user (the data portal)")
+    up.add_argument("--egress-proxy", help="egress proxy URL given to users' servers as HTTP(S)_PROXY")
+    up.add_argument("--no-proxy", action="append", default=[], help="extra NO_PROXY host (repeatable)")
+    up.add_argument("--no-api-key", action="store_true", help="do not mint Fence API keys for users' servers")
+    up.add_argument("--dev-group", action="append", default=[], metavar="USER=GROUP", help="dev login: put USER ('*' for all) in GROUP")
+    up.add_argument("--extra-config", help="a jupyterhub_config.py loaded after ours, for anything the options don't cover")
+    up.add_argument("--debug", action="store_true", help="debug logging")
+    up.set_defaults(func=_cmd_up)
+
+    fl = sub.add_parser("flavors", help="check or list a flavor catalogue")
+    fl.add_argument("action", choices=["validate", "list", "schema"])
+    fl.add_argument("file", nargs="?")
+    fl.add_argument("--json", action="store_true", help="list as JSON")
+    fl.set_defaults(func=_cmd_flavors)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Hub configuration of the embedded mode (`gen3-workspace up`): one machine, local servers, real proxy."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gen3workspace.hub.devauth import BANNER
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class LocalSettings:
+    """Everything `gen3-workspace up` decides; written to the data dir and read by the hub's config file."""
+
+    data_dir: str
+    ip: str = "127.0.0.1"
+    port: int = 8000
+    hub_port: int = 8081
+    proxy_api_port: int = 8001
+    base_url: str = "/"
+    commons_url: str = ""
+    commons_name: str = ""
+    client_id: str = ""
+    flavor_file: str = ""
+    frame_ancestors: list[str] = field(default_factory=list)
+    portal_url: str = ""
+    egress_proxy: str = ""
+    no_proxy: list[str] = field(default_factory=list)
+    issue_api_key: bool = True
+    dev_groups: dict[str, list[str]] = field(default_factory=dict)
+    proxy_command: str = ""
+    debug: bool = False
+
+    @property
+    def fence_login(self) -> bool:
+        return bool(self.commons_url and self.client_id)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LocalSettings":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def find_proxy_command() -> str:
+    """configurable-http-proxy from the project's npm lock, else from PATH."""
+    for candidate in (REPO_ROOT / "node_modules" / ".bin" / "configurable-http-proxy", Path.cwd() / "node_modules" / ".bin" / "configurable-http-proxy"):
+        if candidate.exists():
+            return str(candidate)
+    return shutil.which("configurable-http-proxy") or ""
+
+
+def persistent_secret(path: Path, nbytes: int = 32) -> str:
+    """A hex secret kept in the data dir (mode 0600), so restarts keep cookies and auth_state readable."""
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_hex(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return value
+
+
+def csp_header(frame_ancestors: list[str]) -> str:
+    return "frame-ancestors " + " ".join(["'self'", *frame_ancestors])
+
+
+def configure(c: Any, settings: LocalSettings) -> None:
+    """Fill a JupyterHub config object for the embedded mode."""
+    data = Path(settings.data_dir)
+    c.JupyterHub.ip = settings.ip
+    c.JupyterHub.port = settings.port
+    c.JupyterHub.base_url = settings.base_url
+    c.JupyterHub.hub_ip = "127.0.0.1"
+    c.JupyterHub.hub_port = settings.hub_port
+    c.JupyterHub.db_url = f"sqlite:///{data / 'jupyterhub.sqlite'}"
+    c.JupyterHub.cookie_secret_file = str(data / "jupyterhub_cookie_secret")
+    c.JupyterHub.pid_file = str(data / "jupyterhub.pid")
+    c.JupyterHub.cleanup_servers = True
+    c.JupyterHub.cleanup_proxy = True
+    c.JupyterHub.template_paths = [str(Path(__file__).with_name("templates"))]
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
+    c.ConfigurableHTTPProxy.pid_file = str(data / "proxy.pid")
+    if settings.proxy_command:
+        c.ConfigurableHTTPProxy.command = [settings.proxy_command]
+    if settings.debug:
+        c.JupyterHub.log_level = "DEBUG"
+        c.Spawner.debug = True
+
+    csp = csp_header(settings.frame_ancestors)
+    c.JupyterHub.tornado_settings = {"headers": {"Content-Security-Policy": csp}}
+
+    c.JupyterHub.spawner_class = "gen3-local"
+    c.Gen3LocalSpawner.data_dir = str(data)
+    c.Gen3LocalSpawner.issue_api_key = settings.issue_api_key
+    c.Gen3LocalSpawner.egress_proxy = settings.egress_proxy
+    c.Gen3LocalSpawner.no_proxy = settings.no_proxy
+    c.Gen3LocalSpawner.frame_ancestors = settings.frame_ancestors
+    c.Gen3LocalSpawner.start_timeout = 120
+    c.Gen3LocalSpawner.http_timeout = 120
+    if settings.flavor_file:
+        c.Gen3LocalSpawner.flavor_file = settings.flavor_file
+    if settings.commons_url:
+        c.Gen3LocalSpawner.commons_url = settings.commons_url
+
+    template_vars: dict[str, Any] = {"gen3_commons_name": settings.commons_name}
+    if settings.fence_login:
+        c.JupyterHub.authenticator_class = "gen3"
+        c.Gen3OAuthenticator.commons_url = settings.commons_url
+        c.Gen3OAuthenticator.client_id = settings.client_id
+        # The secret comes from the environment only, never from a file on disk or argv.
+        c.Gen3OAuthenticator.client_secret = os.environ.get("GEN3_CLIENT_SECRET", "")
+        public = f"http://{'127.0.0.1' if settings.ip in ('', '0.0.0.0') else settings.ip}:{settings.port}"
+        c.Gen3OAuthenticator.oauth_callback_url = f"{public}{settings.base_url.rstrip('/')}/hub/oauth_callback"
+        if settings.commons_name:
+            c.Gen3OAuthenticator.commons_name = settings.commons_name
+        if settings.portal_url:
+            c.Gen3OAuthenticator.post_logout_url = settings.portal_url
+    else:
+        c.JupyterHub.authenticator_class = "gen3-dev"
+        c.DevAuthenticator.dev_groups = settings.dev_groups
+        template_vars.update(gen3_dev_login=True, gen3_dev_banner=BANNER)
+        if settings.portal_url:
+            c.DevAuthenticator.logout_redirect_url = settings.portal_url
+    c.JupyterHub.template_vars = template_vars

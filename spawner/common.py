@@ -1,0 +1,333 @@
+"""What every Gen3 Workspace spawner shares: flavor choice and checks, Gen3 and proxy env, and the user's Fence API key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from traitlets import Bool, List, Unicode, default, validate
+
+from .flavors import Catalogue, CatalogueError, Flavor, default_catalogue_path, format_memory, shared_watcher, user_may_launch
+
+_templates = Environment(
+    loader=FileSystemLoader(str(Path(__file__).with_name("templates"))),
+    autoescape=select_autoescape(["html"]),
+)
+
+ALWAYS_NO_PROXY = ["localhost", "127.0.0.1", "::1", ".svc", ".cluster.local"]
+
+
+class FlavorError(web.HTTPError):
+    """A flavor request the user cannot have: a 4xx with a message the user can act on."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(status, message)
+        # JupyterHub's error page and API show this text instead of the bare status line.
+        self.jupyterhub_message = message
+
+
+class Gen3SpawnerMixin:
+    """Flavors, env and credentials for a JupyterHub Spawner subclass (Kubernetes or local)."""
+
+    flavor_file = Unicode(
+        config=True,
+        help="""Path of the flavor catalogue (YAML). Edits are picked up without a hub restart;
+        a broken edit keeps the last good catalogue. Default: the example catalogue in the package.""",
+    )
+
+    @default("flavor_file")
+    def _flavor_file_default(self) -> str:
+        return str(default_catalogue_path())
+
+    commons_url = Unicode(
+        config=True,
+        help="Base URL of the Gen3 commons (GEN3_ENDPOINT in the user's server). Default: the authenticator's `commons_url`.",
+    )
+
+    @default("commons_url")
+    def _commons_url_default(self) -> str:
+        return getattr(self.authenticator, "commons_url", "") if self.authenticator else ""
+
+    @validate("commons_url")
+    def _strip(self, proposal: Any) -> str:
+        return proposal.value.rstrip("/")
+
+    egress_proxy = Unicode(
+        "",
+        config=True,
+        help="""URL of the whitelisting egress proxy, e.g. http://egress-proxy.gen3.svc.cluster.local:3128.
+        Sets HTTP_PROXY, HTTPS_PROXY (and lowercase twins) in every server; empty: no proxy env.""",
+    )
+    no_proxy = List(
+        Unicode(),
+        config=True,
+        help="""Extra hosts or domains (e.g. internal commons services) that bypass the egress proxy.
+        NO_PROXY always also covers the hub, localhost, .svc and .cluster.local.""",
+    )
+    issue_api_key = Bool(
+        True,
+        config=True,
+        help="""Mint a Fence API key for the user at spawn, hand it to the server as a
+        credentials.json (GEN3_API_KEY points at it) and revoke it at stop. False: no key and no env.""",
+    )
+    api_key_scopes = List(
+        Unicode(),
+        ["data", "user"],
+        config=True,
+        help="Scopes of the API key minted for the user's server.",
+    )
+    credentials_mount_path = Unicode(
+        "/etc/gen3",
+        config=True,
+        help="Folder in the user's server where credentials.json is mounted read-only.",
+    )
+    frame_ancestors = List(
+        Unicode(),
+        config=True,
+        help="""Origins (e.g. the data portal, https://data.example.org) allowed to embed the user's
+        server in a frame; passed as GEN3_FRAME_ANCESTORS to the server's Content-Security-Policy.""",
+    )
+    workspace_namespace = Unicode(
+        config=True,
+        help="Value of NAMESPACE in the user's server (the commons' namespace, used by the Gen3 SDK). Default: the spawner's namespace or 'default'.",
+    )
+
+    @default("workspace_namespace")
+    def _workspace_namespace_default(self) -> str:
+        return getattr(self, "namespace", "") or "default"
+
+    flavor: Flavor | None = None
+    _api_key_id: str | None = None
+
+    # --- the catalogue and who may launch what ----------------------------------------
+
+    def catalogue(self) -> Catalogue:
+        try:
+            return shared_watcher(self.flavor_file, self.log).current()
+        except CatalogueError as e:
+            self.log.error("%s", e)
+            raise web.HTTPError(503, "The flavor catalogue could not be loaded; the workspace administrators have been told in the hub log.") from None
+
+    async def user_context(self) -> tuple[list[str], dict[str, Any]]:
+        """The user's JupyterHub groups (synced from Fence) and Fence authz."""
+        groups = [g.name for g in getattr(self.user, "groups", []) or []]
+        authz: dict[str, Any] = {}
+        try:
+            state = await self.user.get_auth_state()
+        except Exception:  # no auth_state (dev login, or encryption unavailable)
+            state = None
+        if state:
+            info = state.get(getattr(self.authenticator, "user_auth_state_key", "oauth_user")) or {}
+            authz = info.get("authz") or {}
+        return groups, authz
+
+    def _perm(self) -> tuple[str, str]:
+        a = self.authenticator
+        return getattr(a, "workspace_service", "jupyterhub"), getattr(a, "workspace_method", "access")
+
+    async def allowed_flavors(self) -> list[Flavor]:
+        groups, authz = await self.user_context()
+        service, method = self._perm()
+        return [f for f in self.catalogue().flavors if user_may_launch(f, groups, authz, service, method)]
+
+    async def choose_flavor(self, options: dict[str, Any] | None) -> Flavor:
+        """The flavor `options` asks for, checked again server-side; 4xx if unknown or forbidden."""
+        catalogue = self.catalogue()
+        options = options or {}
+        requested = options.get("flavor", options.get("profile"))
+        if isinstance(requested, list):  # raw form data
+            requested = requested[0] if requested else None
+        if requested in (None, ""):
+            allowed = await self.allowed_flavors()
+            if not allowed:
+                raise FlavorError(403, "There is no flavor you are allowed to launch. Ask the commons administrators for access.")
+            default = catalogue.get(catalogue.default)
+            return default if default in allowed else allowed[0]
+        if not isinstance(requested, str):
+            raise FlavorError(400, "The flavor must be given by name, e.g. {\"flavor\": \"python-small\"}.")
+        flavor = catalogue.get(requested)
+        if flavor is None:
+            names = ", ".join(f.name for f in await self.allowed_flavors())
+            raise FlavorError(400, f"There is no flavor called {requested!r}. Flavors you can launch: {names or 'none'}.")
+        groups, authz = await self.user_context()
+        service, method = self._perm()
+        if not user_may_launch(flavor, groups, authz, service, method):
+            self.log.warning("%s asked for flavor %s, which they may not launch", self.user.name, flavor.name)
+            who = f" (members of {', '.join(flavor.allowed_groups)})" if flavor.allowed_groups else ""
+            raise FlavorError(403, f"You are not allowed to launch the flavor {flavor.name!r}{who}.")
+        return flavor
+
+    # --- the flavor page --------------------------------------------------------------
+
+    local_mode_note: str = ""
+
+    async def get_options_form(self) -> str:
+        flavors = await self.allowed_flavors()
+        catalogue = self.catalogue()
+        previous = (getattr(self, "user_options", None) or {}).get("flavor")
+        selected = previous if any(f.name == previous for f in flavors) else catalogue.default
+        if not any(f.name == selected for f in flavors) and flavors:
+            selected = flavors[0].name
+        return _templates.get_template("flavor_form.html").render(
+            flavors=flavors, selected=selected, format_memory=format_memory, local_note=self.local_mode_note
+        )
+
+    @default("options_form")
+    def _options_form_default(self) -> Any:
+        # Callable, so JupyterHub shows the form; the content comes from get_options_form.
+        return lambda spawner: spawner.get_options_form()
+
+    @default("options_from_form")
+    def _options_from_form_default(self) -> Any:
+        return lambda formdata: {"flavor": (formdata.get("flavor") or [""])[0]}
+
+    # --- env ----------------------------------------------------------------------------
+
+    def no_proxy_hosts(self) -> list[str]:
+        hosts: list[str] = []
+        for url in (getattr(self.hub, "api_url", ""), getattr(self.hub, "url", "")):
+            host = urlparse(url).hostname if url and "://" in url else None
+            if host:
+                hosts.append(host)
+        hosts += ALWAYS_NO_PROXY + list(self.no_proxy)
+        return list(dict.fromkeys(h for h in hosts if h))
+
+    def gen3_env(self) -> dict[str, str]:
+        env: dict[str, str] = {}
+        if self.flavor:
+            env.update(self.flavor.env)
+            env["WORKSPACE_FLAVOR"] = self.flavor.name
+        if self.commons_url:
+            env["GEN3_ENDPOINT"] = self.commons_url
+        env["NAMESPACE"] = self.workspace_namespace
+        if self.egress_proxy:
+            for name in ("HTTP_PROXY", "HTTPS_PROXY"):
+                env[name] = env[name.lower()] = self.egress_proxy
+        no_proxy = ",".join(self.no_proxy_hosts())
+        env["NO_PROXY"] = env["no_proxy"] = no_proxy
+        if self.frame_ancestors:
+            env["GEN3_FRAME_ANCESTORS"] = " ".join(self.frame_ancestors)
+        if self._api_key_id:
+            env["GEN3_API_KEY"] = f"{self.credentials_mount_path.rstrip('/')}/credentials.json"
+        return env
+
+    # --- the Fence API key ---------------------------------------------------------------
+
+    @property
+    def fence_url(self) -> str:
+        return getattr(self.authenticator, "fence_url", "") or (f"{self.commons_url}/user" if self.commons_url else "")
+
+    def _wants_api_key(self) -> bool:
+        return self.issue_api_key and bool(self.fence_url) and hasattr(self.authenticator, "refresh_user")
+
+    async def _access_token(self) -> str | None:
+        """The user's current Fence access token, refreshed first if it is about to expire."""
+        state = await self.user.get_auth_state()
+        if not state:
+            return None
+        authenticator = self.authenticator
+        expires_soon = getattr(authenticator, "_expires_soon", None)
+        if expires_soon and expires_soon(state):
+            refreshed = await authenticator.refresh_user(self.user)
+            if isinstance(refreshed, dict) and refreshed.get("auth_state"):
+                state = refreshed["auth_state"]
+                await self.user.save_auth_state(state)
+        return state.get("access_token")
+
+    async def _fence(self, method: str, path: str, token: str, body: Any = None) -> Any:
+        req = HTTPRequest(
+            f"{self.fence_url}{path}",
+            method=method,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            body=json.dumps(body) if body is not None else None,
+            request_timeout=20,
+            allow_nonstandard_methods=True,
+        )
+        resp = await AsyncHTTPClient().fetch(req)
+        return json.loads(resp.body) if resp.body else None
+
+    async def mint_api_key(self) -> dict[str, str] | None:
+        """A new Fence API key for this server, or None when keys are disabled."""
+        if not self._wants_api_key():
+            return None
+        token = await self._access_token()
+        if not token:
+            raise web.HTTPError(403, "Your login has no Fence access token; log out and in again to get Gen3 credentials.")
+        try:
+            key = await self._fence("POST", "/credentials/api/", token, {"scope": list(self.api_key_scopes)})
+        except HTTPClientError as e:
+            self.log.error("Fence refused an API key for %s: HTTP %s", self.user.name, e.code)
+            raise web.HTTPError(
+                502 if e.code >= 500 or e.code == 599 else 403,
+                f"Fence did not issue Gen3 credentials for your workspace (HTTP {e.code}). Try again, or log out and in again.",
+            ) from None
+        except OSError as e:
+            self.log.error("Fence unreachable while minting an API key for %s: %s", self.user.name, e)
+            raise web.HTTPError(503, "The commons' Fence service is not answering, so your workspace cannot get Gen3 credentials. Try again in a few minutes.") from None
+        if not isinstance(key, dict) or not key.get("api_key") or not key.get("key_id"):
+            raise web.HTTPError(502, "Fence answered the API key request without a key.")
+        self._api_key_id = key["key_id"]
+        self.log.info("Issued Fence API key %s for %s", key["key_id"], self.user.name)
+        return {"key_id": key["key_id"], "api_key": key["api_key"]}
+
+    async def revoke_api_key(self) -> None:
+        """Revoke this server's API key; a failure is logged and never blocks the stop."""
+        key_id, self._api_key_id = self._api_key_id, None
+        if not key_id:
+            return
+        try:
+            token = await self._access_token()
+            if not token:
+                raise RuntimeError("no access token in auth_state")
+            await self._fence("DELETE", f"/credentials/api/{key_id}", token)
+            self.log.info("Revoked Fence API key %s of %s", key_id, self.user.name)
+        except Exception as e:
+            detail = f"HTTP {e.code}" if isinstance(e, HTTPClientError) else type(e).__name__
+            self.log.warning(
+                "Could not revoke Fence API key %s of %s (%s); it expires on its own in Fence.", key_id, self.user.name, detail
+            )
+
+    @staticmethod
+    def credentials_json(key: dict[str, str]) -> str:
+        """The credentials.json the Gen3 portal hands out; the Gen3 SDK and gen3-client read it."""
+        return json.dumps({"key_id": key["key_id"], "api_key": key["api_key"]})
+
+    # --- state: the key id must survive a hub restart so the key can still be revoked ---
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        if self._api_key_id:
+            state["gen3_api_key_id"] = self._api_key_id
+        if self.flavor:
+            state["gen3_flavor"] = self.flavor.name
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        self._api_key_id = state.get("gen3_api_key_id") or self._api_key_id
+        name = state.get("gen3_flavor")
+        if name:
+            try:
+                self.flavor = self.catalogue().get(name) or self.flavor
+            except web.HTTPError:
+                pass
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self._api_key_id = None
+
+    def progress_intro(self) -> dict[str, Any]:
+        f = self.flavor
+        if not f:
+            return {"progress": 2, "message": "Preparing your workspace"}
+        gpu = f", {f.gpu} GPU" if f.gpu else ""
+        return {
+            "progress": 2,
+            "message": f"Launching flavor {f.display_name} ({f.cpu_limit:g} CPU, {format_memory(f.memory_limit_bytes)}{gpu})",
+        }
+

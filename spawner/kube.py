@@ -1,0 +1,243 @@
+"""Gen3KubeSpawner: KubeSpawner with Gen3 flavors, a per-user drive, egress proxy env and a mounted Fence API key."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, AsyncIterator
+
+from kubernetes_asyncio.client import (
+    V1ObjectMeta,
+    V1PersistentVolumeClaimVolumeSource,
+    V1Secret,
+    V1SecretVolumeSource,
+    V1Volume,
+    V1VolumeMount,
+)
+from kubernetes_asyncio.client.rest import ApiException
+from kubespawner import KubeSpawner
+from traitlets import Unicode, default
+
+from .common import Gen3SpawnerMixin
+
+DRIVE_VOLUME = "gen3-drive"
+CREDENTIALS_VOLUME = "gen3-credentials"
+
+
+class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
+    """Spawns a user's chosen flavor as a pod next to the commons."""
+
+    drive_size = Unicode(
+        "10Gi",
+        config=True,
+        help="Size of each user's persistent drive (their PVC), e.g. 10Gi.",
+    )
+    drive_storage_class = Unicode(
+        None,
+        allow_none=True,
+        config=True,
+        help="StorageClass of the users' drives; None: the cluster's default StorageClass.",
+    )
+    drive_mount_path = Unicode(
+        "/home/jovyan",
+        config=True,
+        help="Where the drive is mounted in the user's server; by default it is their home folder.",
+    )
+    credentials_secret_template = Unicode(
+        "gen3-credentials-{username}",
+        config=True,
+        help="Name of the per-user Secret holding the Fence API key; {username} is the escaped username.",
+    )
+
+    # --- KubeSpawner defaults that make the Gen3 pod ----------------------------------
+
+    @default("pvc_name_template")
+    def _pvc_name_template_default(self) -> str:
+        # One drive per user, shared by every flavor and every named server.
+        return "claim-{username}"
+
+    @default("storage_pvc_ensure")
+    def _storage_pvc_ensure_default(self) -> bool:
+        return True
+
+    @default("delete_pvc")
+    def _delete_pvc_default(self) -> bool:
+        # Users' files outlive their servers and their hub accounts.
+        return False
+
+    @default("storage_capacity")
+    def _storage_capacity_default(self) -> str:
+        return self.drive_size
+
+    @default("storage_class")
+    def _storage_class_default(self) -> str | None:
+        return self.drive_storage_class
+
+    @default("uid")
+    def _uid_default(self) -> int:
+        return 1000
+
+    @default("gid")
+    def _gid_default(self) -> int:
+        return 100
+
+    @default("fs_gid")
+    def _fs_gid_default(self) -> int:
+        return 100
+
+    @default("allow_privilege_escalation")
+    def _ape_default(self) -> bool:
+        return False
+
+    @default("container_security_context")
+    def _csc_default(self) -> dict[str, Any]:
+        return {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+
+    @default("pod_security_context")
+    def _psc_default(self) -> dict[str, Any]:
+        return {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+
+    @default("automount_service_account_token")
+    def _automount_default(self) -> bool:
+        return False
+
+    @default("extra_pod_config")
+    def _extra_pod_config_default(self) -> dict[str, Any]:
+        # Service links would put every Service of the namespace into the user's env.
+        return {"enableServiceLinks": False}
+
+    @default("working_dir")
+    def _working_dir_default(self) -> str:
+        return self.drive_mount_path
+
+    # --- flavor -------------------------------------------------------------------------
+
+    def apply_flavor(self, flavor: Any) -> None:
+        """Turn a flavor into KubeSpawner traits."""
+        self.flavor = flavor
+        self.image = flavor.image
+        self.cpu_guarantee = flavor.cpu_guarantee
+        self.cpu_limit = flavor.cpu_limit
+        self.mem_guarantee = flavor.mem_guarantee
+        self.mem_limit = flavor.mem_limit
+        limits = {k: v for k, v in self.extra_resource_limits.items() if k != flavor.gpu_resource}
+        guarantees = {k: v for k, v in self.extra_resource_guarantees.items() if k != flavor.gpu_resource}
+        if flavor.gpu:
+            limits[flavor.gpu_resource] = str(flavor.gpu)
+            guarantees[flavor.gpu_resource] = str(flavor.gpu)
+        self.extra_resource_limits = limits
+        self.extra_resource_guarantees = guarantees
+        self.node_selector = dict(flavor.node_selector)
+        self.tolerations = [dict(t) for t in flavor.tolerations]
+
+    async def load_user_options(self) -> None:
+        # Checked here, before KubeSpawner creates anything, so a forged request creates no object.
+        self.apply_flavor(await self.choose_flavor(self.user_options))
+
+    # --- env, pod, secret ----------------------------------------------------------------
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        env.update(self.gen3_env())
+        return env
+
+    @property
+    def credentials_secret_name(self) -> str:
+        return self._expand_user_properties(self.credentials_secret_template)
+
+    def get_credentials_secret_manifest(self, key: dict[str, str]) -> V1Secret:
+        return V1Secret(
+            metadata=V1ObjectMeta(
+                name=self.credentials_secret_name,
+                labels=self._build_common_labels({"component": "gen3-credentials"}),
+                annotations={"hub.jupyter.org/username": self.user.name, "gen3username": self.user.name},
+            ),
+            type="Opaque",
+            data={"credentials.json": base64.b64encode(self.credentials_json(key).encode()).decode()},
+        )
+
+    async def get_pod_manifest(self) -> Any:
+        pod = await super().get_pod_manifest()
+        pod.metadata.annotations = {**(pod.metadata.annotations or {}), "gen3username": self.user.name}
+        pod.metadata.annotations.setdefault("hub.jupyter.org/username", self.user.name)
+        if self.flavor:
+            pod.metadata.labels = {**(pod.metadata.labels or {}), "gen3.org/flavor": self.flavor.name}
+        spec = pod.spec
+        container = spec.containers[0]
+        spec.volumes = list(spec.volumes or [])
+        container.volume_mounts = list(container.volume_mounts or [])
+        spec.volumes.append(
+            V1Volume(name=DRIVE_VOLUME, persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(claim_name=self.pvc_name))
+        )
+        container.volume_mounts.append(V1VolumeMount(name=DRIVE_VOLUME, mount_path=self.drive_mount_path))
+        if self._api_key_id:
+            spec.volumes.append(
+                V1Volume(
+                    name=CREDENTIALS_VOLUME,
+                    secret=V1SecretVolumeSource(secret_name=self.credentials_secret_name, default_mode=0o440),
+                )
+            )
+            container.volume_mounts.append(
+                V1VolumeMount(name=CREDENTIALS_VOLUME, mount_path=self.credentials_mount_path, read_only=True)
+            )
+        return pod
+
+    async def _write_credentials_secret(self, key: dict[str, str]) -> None:
+        manifest = self.get_credentials_secret_manifest(key)
+        try:
+            await self.api.create_namespaced_secret(self.namespace, manifest, _request_timeout=self.k8s_api_request_timeout)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            # Left over from a stop that could not clean up: replace it with the new key.
+            await self.api.replace_namespaced_secret(
+                manifest.metadata.name, self.namespace, manifest, _request_timeout=self.k8s_api_request_timeout
+            )
+
+    async def _delete_credentials_secret(self) -> None:
+        try:
+            await self.api.delete_namespaced_secret(
+                self.credentials_secret_name, self.namespace, _request_timeout=self.k8s_api_request_timeout
+            )
+        except ApiException as e:
+            if e.status != 404:
+                self.log.warning("Could not delete Secret %s: HTTP %s", self.credentials_secret_name, e.status)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def _start(self) -> Any:
+        await self.load_user_options()
+        key = await self.mint_api_key()
+        if key:
+            try:
+                await self._write_credentials_secret(key)
+            except Exception:
+                await self.revoke_api_key()
+                raise
+        try:
+            # KubeSpawner loads user options again; applying the same flavor twice is harmless.
+            return await super()._start()
+        except Exception:
+            await self._cleanup_credentials()
+            raise
+
+    async def _cleanup_credentials(self) -> None:
+        had_key = bool(self._api_key_id)
+        await self.revoke_api_key()
+        if had_key or self.issue_api_key:
+            await self._delete_credentials_secret()
+
+    async def stop(self, now: bool = False) -> None:
+        try:
+            await super().stop(now=now)
+        finally:
+            await self._cleanup_credentials()
+
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        yield self.progress_intro()
+        async for event in super().progress():
+            yield event

@@ -1,0 +1,110 @@
+"""Gen3LocalSpawner: the embedded mode's spawner — each user's server a local process, their drive a folder."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+from traitlets import Unicode, default
+
+from .common import Gen3SpawnerMixin
+
+
+def safe_name(username: str) -> str:
+    """A folder name for any username: keeps [a-z0-9._-], escapes the rest, never '.' or '..'."""
+    escaped = re.sub(r"[^a-z0-9._-]", lambda m: "-" + m.group().encode().hex(), username.lower())
+    if escaped != username:
+        # Different usernames must not share a folder, e.g. 'A' and 'a' or 'a-40' and 'a@'.
+        escaped = f"{escaped}-{username.encode().hex()[:8]}"
+    return escaped if escaped.strip(".") else f"u-{username.encode().hex()}"
+
+
+class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
+    """Runs a user's chosen flavor as a local jupyterhub-singleuser with the same env and credentials as on Kubernetes."""
+
+    data_dir = Unicode(
+        config=True,
+        help="Folder holding users' drives (drives/<user>) and their credentials (credentials/<user>).",
+    )
+
+    @default("data_dir")
+    def _data_dir_default(self) -> str:
+        return str(Path(os.environ.get("GEN3WS_DATA_DIR", "var")).absolute())
+
+    local_mode_note = (
+        "Local mode: the flavor's image, CPU, memory and GPU are not applied here. Your server runs "
+        "as a local process with this machine's Python; your drive is a folder on this machine."
+    )
+
+    @default("home_dir")
+    def _home_dir_default(self) -> str:
+        return str(Path(self.data_dir) / "drives" / safe_name(self.user.name))
+
+    @default("notebook_dir")
+    def _notebook_dir_default(self) -> str:
+        return self.home_dir
+
+    @default("credentials_mount_path")
+    def _credentials_mount_path_default(self) -> str:
+        return str(Path(self.data_dir) / "credentials" / safe_name(self.user.name))
+
+    @default("default_url")
+    def _default_url_default(self) -> str:
+        return "/lab"
+
+    @default("cmd")
+    def _cmd_default(self) -> list[str]:
+        # The singleuser server of the hub's own environment, whatever PATH says.
+        return [str(Path(sys.executable).with_name("jupyterhub-singleuser"))]
+
+    @default("args")
+    def _args_default(self) -> list[str]:
+        return ["--allow-root"] if os.geteuid() == 0 else []
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        env.update(self.gen3_env())
+        return env
+
+    async def start(self) -> Any:
+        self.flavor = await self.choose_flavor(self.user_options)
+        Path(self.home_dir).mkdir(parents=True, exist_ok=True)
+        key = await self.mint_api_key()
+        if key:
+            self._write_credentials(key)
+        try:
+            return await super().start()
+        except Exception:
+            await self._cleanup_credentials()
+            raise
+
+    def _write_credentials(self, key: dict[str, str]) -> None:
+        folder = Path(self.credentials_mount_path)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(folder, 0o700)
+        target = folder / "credentials.json"
+        # Created 0600 before the key is written, so it is never readable by others.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.credentials_json(key))
+        os.chmod(target, 0o400)
+
+    async def _cleanup_credentials(self) -> None:
+        await self.revoke_api_key()
+        shutil.rmtree(self.credentials_mount_path, ignore_errors=True)
+
+    async def stop(self, now: bool = False) -> None:
+        try:
+            await super().stop(now=now)
+        finally:
+            await self._cleanup_credentials()
+
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        yield self.progress_intro()
+        async for event in super().progress():
+            yield event
