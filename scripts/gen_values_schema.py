@@ -257,6 +257,7 @@ VALUES = Group(
                     "",
                     "Required. Public URL of the commons, e.g. https://data.mycommons.org (Fence lives at <url>/user). Users' servers get it as GEN3_ENDPOINT.",
                 ),
+                "name": Leaf(STRING, "", "Name of the commons on the login button ('Sign in with <name>'). Empty: the hub's default."),
             },
         ),
         "auth": Group(
@@ -408,7 +409,7 @@ VALUES = Group(
                     {
                         "size": Leaf(MEMORY, "10Gi", "Size of a new user's drive."),
                         "storageClass": Leaf(STRING, "", "StorageClass of the drives. Empty: the cluster default."),
-                        "mountPath": Leaf({"type": "string", "pattern": "^/"}, "/home/jovyan/pd", "Where the drive appears in the user's server."),
+                        "mountPath": Leaf({"type": "string", "pattern": "^/"}, "/home/jovyan", "Where the drive is mounted in the user's server (by default it is their home folder)."),
                     },
                 ),
             },

@@ -11,6 +11,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, List, Unicode, default, validate
+from traitlets.config import LoggingConfigurable
 
 from .flavors import Catalogue, CatalogueError, Flavor, default_catalogue_path, format_memory, shared_watcher, user_may_launch
 
@@ -31,7 +32,7 @@ class FlavorError(web.HTTPError):
         self.jupyterhub_message = message
 
 
-class Gen3SpawnerMixin:
+class Gen3SpawnerMixin(LoggingConfigurable):
     """Flavors, env and credentials for a JupyterHub Spawner subclass (Kubernetes or local)."""
 
     flavor_file = Unicode(

@@ -1,0 +1,238 @@
+{{/* Names, labels, URLs and checks shared by the gen3-workspace templates. */}}
+
+{{- define "gen3ws.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 42 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Truncated to 42 so the longest suffix ("-egress-config") still fits a 63-character name. */}}
+{{- define "gen3ws.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 42 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 42 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 42 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gen3ws.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gen3ws.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Usage: include "gen3ws.labels" (dict "root" $ "component" "hub") */}}
+{{- define "gen3ws.labels" -}}
+{{ include "gen3ws.selectorLabels" . }}
+app.kubernetes.io/part-of: gen3-workspace
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* Labels the hub gives users' pods (via KubeSpawner common_labels) and the NetworkPolicies select on. */}}
+{{- define "gen3ws.notebookLabels" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/part-of: gen3-workspace
+{{- end -}}
+
+{{- define "gen3ws.notebookSelector" -}}
+component: singleuser-server
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "gen3ws.userNamespace" -}}
+{{- .Values.spawner.namespace | default .Release.Namespace -}}
+{{- end -}}
+
+{{- define "gen3ws.commonsUrl" -}}
+{{- required "commons.url is required: the public URL of the Gen3 commons, e.g. --set commons.url=https://data.mycommons.org" .Values.commons.url | trimSuffix "/" -}}
+{{- end -}}
+
+{{/* Host (and port, if any) of commons.url. */}}
+{{- define "gen3ws.commonsHost" -}}
+{{- (urlParse (include "gen3ws.commonsUrl" .)).host -}}
+{{- end -}}
+
+{{- define "gen3ws.hubHost" -}}
+{{- .Values.hub.host | default (include "gen3ws.commonsHost" .) -}}
+{{- end -}}
+
+{{- define "gen3ws.callbackUrl" -}}
+{{- .Values.hub.oauthCallbackUrl | default (printf "https://%s%shub/oauth_callback" (include "gen3ws.hubHost" .) .Values.hub.baseUrl) -}}
+{{- end -}}
+
+{{- define "gen3ws.hubImage" -}}
+{{- printf "%s/%s:%s" (.Values.imageRegistry | trimSuffix "/") .Values.hub.image.name (.Values.hub.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+
+{{- define "gen3ws.hubService" -}}{{ include "gen3ws.fullname" . }}-hub{{- end -}}
+{{- define "gen3ws.proxyApiService" -}}{{ include "gen3ws.fullname" . }}-proxy-api{{- end -}}
+{{- define "gen3ws.proxyPublicService" -}}{{ include "gen3ws.fullname" . }}-proxy-public{{- end -}}
+{{- define "gen3ws.egressService" -}}{{ include "gen3ws.fullname" . }}-egress{{- end -}}
+{{- define "gen3ws.hubSecret" -}}{{ include "gen3ws.fullname" . }}-hub{{- end -}}
+
+{{/* Namespaced names: users' servers may live in another namespace than the hub. */}}
+{{- define "gen3ws.hubConnectUrl" -}}
+{{- printf "http://%s.%s.svc:8081" (include "gen3ws.hubService" .) .Release.Namespace -}}
+{{- end -}}
+
+{{- define "gen3ws.egressProxyUrl" -}}
+{{- if .Values.spawner.egressProxyUrl -}}
+{{- .Values.spawner.egressProxyUrl -}}
+{{- else if .Values.egressProxy.enabled -}}
+{{- printf "http://%s.%s.svc.%s:%d" (include "gen3ws.egressService" .) .Release.Namespace .Values.clusterDomain (int .Values.egressProxy.port) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The hardened container securityContext every container of the chart gets. */}}
+{{- define "gen3ws.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .runAsUser }}
+runAsGroup: {{ .runAsGroup }}
+allowPrivilegeEscalation: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "gen3ws.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Checks the schema cannot express; each message names the values key to fix. Included by the
+hub Deployment so every render runs it.
+*/}}
+{{- define "gen3ws.validate" -}}
+{{- $_ := include "gen3ws.commonsUrl" . -}}
+{{- if not .Values.auth.clientId -}}
+{{- fail "auth.clientId is required: register an OAuth client for the workspace in Fence (see docs/operator-guide.md) and set auth.clientId" -}}
+{{- end -}}
+{{- if and (not .Values.auth.clientSecret) (not .Values.auth.existingSecret.name) -}}
+{{- fail "auth.clientSecret or auth.existingSecret.name is required: the OAuth client secret Fence issued with auth.clientId" -}}
+{{- end -}}
+{{- $names := list -}}
+{{- range .Values.flavors.flavors -}}
+{{- if has .name $names -}}
+{{- fail (printf "flavors.flavors: two flavors are named %q; flavor names must be unique" .name) -}}
+{{- end -}}
+{{- $names = append $names .name -}}
+{{- end -}}
+{{- if not (has .Values.flavors.default $names) -}}
+{{- fail (printf "flavors.default: no flavor is named %q (flavors: %s)" .Values.flavors.default (join ", " $names)) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+True ("true") if the IPv4 CIDR in . contains the cloud metadata address 169.254.169.254.
+Integer arithmetic only: the network and the address are in the same block of 2^(32-prefix)
+addresses exactly when their integer division by the block size is equal.
+*/}}
+{{- define "gen3ws.cidrHasMetadata" -}}
+{{- $parts := splitList "/" . -}}
+{{- $octets := splitList "." (index $parts 0) -}}
+{{- $prefix := atoi (index $parts 1) -}}
+{{- $net := 0 -}}
+{{- range $octets -}}{{- $net = add (mul $net 256) (atoi .) -}}{{- end -}}
+{{- $block := 1 -}}
+{{- range until (int (sub 32 $prefix)) -}}{{- $block = mul $block 2 -}}{{- end -}}
+{{- $metadata := 2852039166 -}}
+{{- if eq (div $net $block) (div $metadata $block) -}}true{{- end -}}
+{{- end -}}
+
+{{/* An ipBlock peer with the metadata address always cut out. Argument: the ipBlock dict. */}}
+{{- define "gen3ws.safeIpBlock" -}}
+{{- $except := .except | default list -}}
+{{- if include "gen3ws.cidrHasMetadata" .cidr -}}
+{{- if hasSuffix "/32" .cidr -}}
+{{- fail (printf "networkPolicy: the ipBlock %s is the cloud metadata address, which users' servers may never reach" .cidr) -}}
+{{- end -}}
+{{- if not (has "169.254.169.254/32" $except) -}}
+{{- $except = append $except "169.254.169.254/32" -}}
+{{- end -}}
+{{- end -}}
+ipBlock:
+  cidr: {{ .cidr }}
+  {{- with $except }}
+  except:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end -}}
+
+{{/* The egress rule to the cluster DNS, shared by every NetworkPolicy. */}}
+{{- define "gen3ws.dnsEgress" -}}
+- to:
+    - namespaceSelector:
+        {{- toYaml .Values.networkPolicy.dns.namespaceSelector | nindent 8 }}
+      podSelector:
+        {{- toYaml .Values.networkPolicy.dns.podSelector | nindent 8 }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+{{- end -}}
+
+{{/*
+A peer for pods of this release in the release namespace, seen from a policy in namespace
+.from: a namespaceSelector is needed when users' servers live elsewhere.
+Usage: include "gen3ws.releasePeer" (dict "root" $ "component" "hub" "from" $ns)
+*/}}
+{{- define "gen3ws.releasePeer" -}}
+- podSelector:
+    matchLabels:
+      {{- include "gen3ws.selectorLabels" (dict "root" .root "component" .component) | nindent 6 }}
+  {{- if ne .from .root.Release.Namespace }}
+  namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ .root.Release.Namespace }}
+  {{- end }}
+{{- end -}}
+
+{{/* A peer for users' servers, seen from a policy in the release namespace. */}}
+{{- define "gen3ws.notebookPeer" -}}
+- podSelector:
+    matchLabels:
+      {{- include "gen3ws.notebookSelector" . | nindent 6 }}
+  {{- if ne (include "gen3ws.userNamespace" .) .Release.Namespace }}
+  namespaceSelector:
+    matchLabels:
+      kubernetes.io/metadata.name: {{ include "gen3ws.userNamespace" . }}
+  {{- end }}
+{{- end -}}
+
+{{/*
+The egress whitelist, one squid dstdomain entry per line. Squid refuses to load (or silently
+drops entries from) a list where one entry is covered by another, e.g. "github.com" next to
+".github.com", so covered entries are left out here.
+*/}}
+{{- define "gen3ws.whitelist" -}}
+{{- $wl := .Values.egressProxy.whitelist -}}
+{{- $entries := concat $wl.domains $wl.wildcardDomains -}}
+{{- if $wl.includeCommons -}}
+{{- $entries = append $entries (first (splitList ":" (include "gen3ws.commonsHost" .))) -}}
+{{- end -}}
+{{- $entries = $entries | uniq -}}
+{{- $wildcards := list -}}
+{{- range $entries -}}{{- if hasPrefix "." . -}}{{- $wildcards = append $wildcards . -}}{{- end -}}{{- end -}}
+{{- $kept := list -}}
+{{- range $e := $entries -}}
+{{- $dotted := printf ".%s" (trimPrefix "." $e) -}}
+{{- $covered := false -}}
+{{- range $w := $wildcards -}}
+{{- if and (ne $w $e) (hasSuffix $w $dotted) -}}{{- $covered = true -}}{{- end -}}
+{{- end -}}
+{{- if not $covered -}}{{- $kept = append $kept $e -}}{{- end -}}
+{{- end -}}
+{{- join "\n" (sortAlpha $kept) -}}
+{{- end -}}

@@ -1,0 +1,34 @@
+{{/* The hub's non-secret config, read by gen3workspace.hub.chartconfig.apply(). */}}
+{{- define "gen3ws.hubConfigYaml" -}}
+{{- $ancestors := concat (list (include "gen3ws.commonsUrl" .)) .Values.hub.frameAncestors | uniq -}}
+{{- $cfg := dict
+  "release" (dict "name" .Release.Name "namespace" .Release.Namespace)
+  "commons" (dict "url" (include "gen3ws.commonsUrl" .) "name" .Values.commons.name)
+  "hub" (dict
+    "host" (include "gen3ws.hubHost" .)
+    "baseUrl" .Values.hub.baseUrl
+    "connectUrl" (include "gen3ws.hubConnectUrl" .)
+    "frameAncestors" $ancestors
+    "db" (dict "type" .Values.hub.db.type "url" .Values.hub.db.url "sqlitePath" "/srv/jupyterhub/jupyterhub.sqlite")
+    "config" .Values.hub.config
+    "extraConfig" .Values.hub.extraConfig)
+  "proxy" (dict "apiUrl" (printf "http://%s.%s.svc:8001" (include "gen3ws.proxyApiService" .) .Release.Namespace))
+  "auth" (dict
+    "clientId" .Values.auth.clientId
+    "callbackUrl" (include "gen3ws.callbackUrl" .)
+    "workspace" .Values.auth.workspace
+    "adminGroups" .Values.auth.adminGroups
+    "authzGroups" .Values.auth.authzGroups
+    "logoutRedirectUrl" .Values.auth.logoutRedirectUrl)
+  "spawner" (dict
+    "namespace" (include "gen3ws.userNamespace" .)
+    "flavorFile" "/usr/local/etc/gen3-workspace/flavors/flavors.yaml"
+    "egressProxy" (include "gen3ws.egressProxyUrl" .)
+    "noProxy" .Values.spawner.noProxy
+    "issueApiKey" .Values.spawner.issueApiKey
+    "drive" .Values.spawner.drive
+    "commonLabels" (include "gen3ws.notebookLabels" . | fromYaml))
+  "culler" .Values.culler
+-}}
+{{- toYaml $cfg -}}
+{{- end -}}

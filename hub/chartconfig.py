@@ -1,0 +1,221 @@
+"""The Helm chart's config layer: turns the chart-rendered config.yaml and the hub Secret's env vars into JupyterHub config.
+
+The chart renders every non-secret setting into a ConfigMap (config.yaml) and every secret
+into a Secret exposed as environment variables; the hub's jupyterhub_config.py only calls
+`apply(c)`. Keeping the logic here (not in a template) makes it unit-testable and lets the
+chart stay thin, as in Zero to JupyterHub.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG_PATH = "/usr/local/etc/gen3-workspace/config/config.yaml"
+DEFAULT_FLAVOR_FILE = "/usr/local/etc/gen3-workspace/flavors/flavors.yaml"
+DEFAULT_SQLITE_PATH = "/srv/jupyterhub/jupyterhub.sqlite"
+
+# Names of the env vars the chart's hub Deployment fills from Secrets.
+ENV_CLIENT_SECRET = "GEN3WS_CLIENT_SECRET"
+ENV_COOKIE_SECRET = "GEN3WS_COOKIE_SECRET"
+ENV_CRYPT_KEY = "JUPYTERHUB_CRYPT_KEY"
+ENV_PROXY_TOKEN = "CONFIGPROXY_AUTH_TOKEN"
+ENV_DB_PASSWORD = "GEN3WS_DB_PASSWORD"
+
+CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+
+# Labels KubeSpawner puts on every pod and PVC by default; kept so KubeSpawner and tools that
+# know its defaults still find the objects after the chart adds its own release labels.
+KUBESPAWNER_COMMON_LABELS = {
+    "app.kubernetes.io/name": "jupyterhub",
+    "app.kubernetes.io/managed-by": "kubespawner",
+    "app": "jupyterhub",
+    "heritage": "jupyterhub",
+}
+
+
+class ChartConfigError(RuntimeError):
+    """The chart's config cannot produce a working hub; the message says which setting to fix."""
+
+
+def _get(tree: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return default
+        node = node[part]
+    return default if node is None else node
+
+
+def load_config(config_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read the chart-rendered config.yaml; a missing or broken file is a deployment bug, so fail loudly."""
+    path = Path(config_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ChartConfigError(f"{path}: cannot read the chart's hub config: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ChartConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ChartConfigError(f"{path}: the chart's hub config must be a mapping")
+    return data
+
+
+def database_url(cfg: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """sqlite on the hub's volume, or the external URL with the password from the Secret spliced in."""
+    if _get(cfg, "hub.db.type", "sqlite") != "external":
+        return "sqlite:///" + str(_get(cfg, "hub.db.sqlitePath", DEFAULT_SQLITE_PATH))
+    url = _get(cfg, "hub.db.url", "")
+    if not url:
+        raise ChartConfigError("hub.db.type is 'external' but hub.db.url is empty: set hub.db.url in the chart values")
+    password = environ.get(ENV_DB_PASSWORD, "")
+    if not password:
+        return url
+    # SQLAlchemy quotes the password correctly (an '@' or '/' in it must not break the URL).
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(password=password).render_as_string(hide_password=False)
+
+
+def _oauth_callback_url(cfg: Mapping[str, Any]) -> str:
+    explicit = _get(cfg, "auth.callbackUrl", "")
+    if explicit:
+        return explicit
+    host = _get(cfg, "hub.host", "")
+    if not host:
+        raise ChartConfigError("no public host for the OAuth callback: set hub.host or commons.url in the chart values")
+    return f"https://{host}{_get(cfg, 'hub.baseUrl', '/')}hub/oauth_callback"
+
+
+def _merge(section: Any, values: Mapping[str, Any]) -> None:
+    """Set traits on a traitlets Config section, merging dicts so chart defaults are extended, not lost."""
+    for trait, value in values.items():
+        current = section[trait] if trait in section else None
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            merged = dict(current)
+            merged.update(value)
+            section[trait] = merged
+        else:
+            section[trait] = value
+
+
+def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, environ: Mapping[str, str] = os.environ) -> None:
+    """Configure JupyterHub `c` from the chart's config.yaml and the hub Secret's env vars."""
+    cfg = load_config(config_path)
+
+    commons_url = str(_get(cfg, "commons.url", "")).rstrip("/")
+    if not commons_url:
+        raise ChartConfigError("commons.url is empty: set it in the chart values to the commons' URL")
+    base_url = _get(cfg, "hub.baseUrl", "/")
+
+    # --- JupyterHub -------------------------------------------------------------------------
+    c.JupyterHub.authenticator_class = "gen3"
+    c.JupyterHub.spawner_class = "gen3"
+    c.JupyterHub.base_url = base_url
+    c.JupyterHub.hub_ip = "0.0.0.0"
+    c.JupyterHub.hub_port = 8081
+    c.JupyterHub.hub_connect_url = _get(cfg, "hub.connectUrl")
+    # A hub restart (upgrade, config change) must not stop every user's server.
+    c.JupyterHub.cleanup_servers = False
+    c.JupyterHub.db_url = database_url(cfg, environ)
+    # sqlite is backed up by JupyterHub before an upgrade; an external database is the
+    # operator's to migrate deliberately (hub.config can turn this on).
+    c.JupyterHub.upgrade_db = _get(cfg, "hub.db.type", "sqlite") != "external"
+
+    ancestors = " ".join(["'self'", *_get(cfg, "hub.frameAncestors", [])])
+    _merge(c.JupyterHub, {"tornado_settings": {"headers": {"Content-Security-Policy": f"frame-ancestors {ancestors}"}}})
+
+    # The proxy runs as its own Deployment; the hub only talks to its API.
+    c.ConfigurableHTTPProxy.should_start = False
+    c.ConfigurableHTTPProxy.api_url = _get(cfg, "proxy.apiUrl")
+
+    cookie_hex = environ.get(ENV_COOKIE_SECRET, "")
+    if cookie_hex:
+        try:
+            c.JupyterHub.cookie_secret = bytes.fromhex(cookie_hex)
+        except ValueError:
+            raise ChartConfigError(f"{ENV_COOKIE_SECRET} is not hex; delete the hub Secret's cookie-secret key and upgrade to regenerate it") from None
+    proxy_token = environ.get(ENV_PROXY_TOKEN, "")
+    if proxy_token:
+        c.ConfigurableHTTPProxy.auth_token = proxy_token
+    crypt_key = environ.get(ENV_CRYPT_KEY, "")
+    if crypt_key:
+        # auth_state (the user's Fence tokens) is only stored encrypted.
+        c.CryptKeeper.keys = [crypt_key]
+        c.Authenticator.enable_auth_state = True
+
+    # --- idle culler ------------------------------------------------------------------------
+    if _get(cfg, "culler.enabled", True):
+        command = [
+            sys.executable,
+            "-m",
+            "jupyterhub_idle_culler",
+            f"--timeout={int(_get(cfg, 'culler.timeout', 3600))}",
+            f"--cull-every={int(_get(cfg, 'culler.every', 600))}",
+            f"--concurrency={int(_get(cfg, 'culler.concurrency', 10))}",
+        ]
+        max_age = int(_get(cfg, "culler.maxAge", 0))
+        if max_age:
+            command.append(f"--max-age={max_age}")
+        services = [s for s in (c.JupyterHub.services if "services" in c.JupyterHub else []) if s.get("name") != "idle-culler"]
+        c.JupyterHub.services = [*services, {"name": "idle-culler", "command": command}]
+        roles = [r for r in (c.JupyterHub.load_roles if "load_roles" in c.JupyterHub else []) if r.get("name") != "idle-culler"]
+        c.JupyterHub.load_roles = [
+            *roles,
+            {"name": "idle-culler", "description": "Stop idle servers", "scopes": list(CULLER_SCOPES), "services": ["idle-culler"]},
+        ]
+
+    # --- login through Fence ----------------------------------------------------------------
+    auth = c.Gen3OAuthenticator
+    auth.commons_url = commons_url
+    if _get(cfg, "commons.name"):
+        auth.commons_name = _get(cfg, "commons.name")
+    auth.client_id = _get(cfg, "auth.clientId", "")
+    client_secret = environ.get(ENV_CLIENT_SECRET, "")
+    if client_secret:
+        auth.client_secret = client_secret
+    auth.oauth_callback_url = _oauth_callback_url(cfg)
+    auth.workspace_resource = _get(cfg, "auth.workspace.resource", "/workspace")
+    auth.workspace_service = _get(cfg, "auth.workspace.service", "jupyterhub")
+    auth.workspace_method = _get(cfg, "auth.workspace.method", "access")
+    auth.require_workspace_permission = bool(_get(cfg, "auth.workspace.required", True))
+    auth.admin_groups = set(_get(cfg, "auth.adminGroups", []))
+    auth.authz_groups = dict(_get(cfg, "auth.authzGroups", {}))
+    logout = _get(cfg, "auth.logoutRedirectUrl", "")
+    if logout:
+        # Both: Fence's logout sends the browser to post_logout_url; the plain hub logout
+        # (when the Fence session is kept) uses logout_redirect_url.
+        auth.logout_redirect_url = logout
+        auth.post_logout_url = logout
+
+    # --- users' servers ---------------------------------------------------------------------
+    spawner = c.Gen3KubeSpawner
+    spawner.commons_url = commons_url
+    spawner.flavor_file = _get(cfg, "spawner.flavorFile", DEFAULT_FLAVOR_FILE)
+    spawner.namespace = _get(cfg, "spawner.namespace") or _get(cfg, "release.namespace", "default")
+    spawner.egress_proxy = _get(cfg, "spawner.egressProxy", "")
+    spawner.no_proxy = list(_get(cfg, "spawner.noProxy", []))
+    spawner.issue_api_key = bool(_get(cfg, "spawner.issueApiKey", True))
+    spawner.drive_size = _get(cfg, "spawner.drive.size", "10Gi")
+    spawner.drive_storage_class = _get(cfg, "spawner.drive.storageClass") or None
+    if _get(cfg, "spawner.drive.mountPath"):
+        spawner.drive_mount_path = _get(cfg, "spawner.drive.mountPath")
+    spawner.frame_ancestors = list(_get(cfg, "hub.frameAncestors", []))
+    # The chart's NetworkPolicies select users' pods by these labels; the hub's Role cannot
+    # delete PVCs, so users' drives survive even a user's deletion.
+    spawner.common_labels = {**KUBESPAWNER_COMMON_LABELS, **_get(cfg, "spawner.commonLabels", {})}
+    spawner.delete_pvc = False
+
+    # --- z2jh-style passthrough: last, so operators can override anything above -------------
+    for class_name, traits in (_get(cfg, "hub.config", {}) or {}).items():
+        if not isinstance(traits, Mapping):
+            raise ChartConfigError(f"hub.config.{class_name} must be a mapping of trait names to values")
+        _merge(c[class_name], traits)
+    for name, snippet in sorted((_get(cfg, "hub.extraConfig", {}) or {}).items()):
+        code = compile(snippet, f"<hub.extraConfig.{name}>", "exec")
+        exec(code, {"c": c, "__name__": f"gen3workspace_extra_config_{name}"})  # noqa: S102 - operator-supplied config, like z2jh

@@ -1,0 +1,1 @@
+"""Test support: the Fence stand-in, hub and browser harnesses, the Kubernetes test bed."""
