@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs everything Gen3 Workspace needs on a fresh machine, idempotently: `setup.sh run` for
+# `gen3-workspace up`, `setup.sh test` for the whole test suite as well.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+UV_VERSION=0.13.9
+export UV_PYTHON_DOWNLOADS=never
+what="${1:-run}"
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+ensure_uv() {
+  if command -v uv >/dev/null 2>&1 && [ "$(uv --version | awk '{print $2}')" = "$UV_VERSION" ]; then return; fi
+  log "installing uv $UV_VERSION"
+  python3 -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+}
+
+ensure_python_env() {
+  ensure_uv
+  log "python environment from uv.lock"
+  uv sync --frozen --all-extras --quiet
+}
+
+ensure_proxy() {
+  # npm ci wipes node_modules; skip it when the lock has not changed since the last install.
+  local stamp=node_modules/.package-lock.sha256
+  local want; want="$(sha256sum package-lock.json | cut -d' ' -f1)"
+  if [ -x node_modules/.bin/configurable-http-proxy ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return; fi
+  log "configurable-http-proxy from package-lock.json"
+  npm ci --no-audit --no-fund --loglevel=error
+  echo "$want" > "$stamp"
+}
+
+ensure_debian_packages() {
+  local missing=()
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  [ -x /usr/sbin/squid ] || missing+=(squid)
+  [ ${#missing[@]} -eq 0 ] && return
+  if [ "$(id -u)" != 0 ]; then
+    log "missing Debian packages: ${missing[*]} (run as root, or apt-get install them)"; exit 1
+  fi
+  log "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # squid's package starts a system service we do not want; the tests run their own.
+  if [[ " ${missing[*]} " == *" squid "* ]]; then
+    (service squid stop || true) >/dev/null 2>&1
+  fi
+}
+
+ensure_python_env
+ensure_proxy
+if [ "$what" = test ]; then
+  ensure_debian_packages
+  [ -x scripts/get-helm.sh ] && scripts/get-helm.sh >/dev/null
+  [ -x tests/support/kube/build.sh ] && tests/support/kube/build.sh
+fi
+log "ready"
