@@ -18,6 +18,7 @@ from kubespawner import KubeSpawner
 from traitlets import Unicode, default
 
 from .common import Gen3SpawnerMixin
+from .flavors import parse_quantity
 
 DRIVE_VOLUME = "gen3-drive"
 CREDENTIALS_VOLUME = "gen3-credentials"
@@ -122,8 +123,9 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
         self.image = flavor.image
         self.cpu_guarantee = flavor.cpu_guarantee
         self.cpu_limit = flavor.cpu_limit
-        self.mem_guarantee = flavor.mem_guarantee
-        self.mem_limit = flavor.mem_limit
+        # JupyterHub's byte traits only know K/M/G/T; exact byte counts keep Ki/Gi and K/G right.
+        self.mem_guarantee = int(parse_quantity(flavor.mem_guarantee, "memory"))
+        self.mem_limit = int(parse_quantity(flavor.mem_limit, "memory"))
         limits = {k: v for k, v in self.extra_resource_limits.items() if k != flavor.gpu_resource}
         guarantees = {k: v for k, v in self.extra_resource_guarantees.items() if k != flavor.gpu_resource}
         if flavor.gpu:
@@ -151,6 +153,8 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
 
     def get_credentials_secret_manifest(self, key: dict[str, str]) -> V1Secret:
         return V1Secret(
+            api_version="v1",
+            kind="Secret",
             metadata=V1ObjectMeta(
                 name=self.credentials_secret_name,
                 labels=self._build_common_labels({"component": "gen3-credentials"}),

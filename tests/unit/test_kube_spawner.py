@@ -1,0 +1,295 @@
+"""Gen3KubeSpawner up to the Kubernetes client boundary: manifests, flavor checks, credentials.
+
+These tests stop where the spawner hands objects to the Kubernetes client; the same paths run
+against a real kube-apiserver in tests/integration/test_kube_spawn.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from kubernetes_asyncio.client import ApiClient
+from tornado import web
+
+from gen3workspace.spawner.flavors import default_catalogue_path, load_catalogue
+from gen3workspace.spawner.kube import Gen3KubeSpawner
+from tests.support.fence import FenceStandIn
+
+K8S_VERSIONS = ["1.30", "1.35"]
+FLAVORS = [f.name for f in load_catalogue(default_catalogue_path()).flavors]
+
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters: [{name: none, cluster: {server: "https://127.0.0.1:9"}}]
+users: [{name: none, user: {token: none}}]
+contexts: [{name: none, context: {cluster: none, user: none, namespace: gen3}}]
+current-context: none
+"""
+
+
+class FakeGroup:
+    def __init__(self, name: str):
+        self.name = name
+
+
+class FakeUser:
+    """What a spawner reads of JupyterHub's User."""
+
+    def __init__(self, name: str, groups: list[str] = (), auth_state: dict[str, Any] | None = None):
+        self.name = name
+        self.id = 7
+        self.url = f"/user/{name}/"
+        self.groups = [FakeGroup(g) for g in groups]
+        self.auth_state = auth_state or {"oauth_user": {"authz": {}}}
+
+    async def get_auth_state(self) -> dict[str, Any]:
+        return self.auth_state
+
+    async def save_auth_state(self, state: dict[str, Any]) -> None:
+        self.auth_state = state
+
+
+class RecordingApi:
+    """Stands where kubernetes_asyncio's CoreV1Api would, recording what the spawner sends."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.secrets: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, args))
+            if name == "create_namespaced_secret":
+                self.secrets[args[1].metadata.name] = args[1]
+            if name == "delete_namespaced_secret":
+                self.secrets.pop(args[0], None)
+            return None
+
+        return call
+
+
+@pytest.fixture(autouse=True)
+def kubeconfig(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path_factory.getbasetemp() / "kubeconfig-none"
+    path.write_text(KUBECONFIG)
+    import kubernetes_asyncio.config.kube_config as kc
+
+    # The client reads $KUBECONFIG once at import; point its default at a cluster-less config.
+    monkeypatch.setattr(kc, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+
+
+def make_spawner(user: FakeUser, authenticator: Any = None, **traits: Any) -> Gen3KubeSpawner:
+    hub = SimpleNamespace(public_host="", url="http://hub:8081/hub/", base_url="/hub/", api_url="http://hub:8081/hub/api")
+    spawner = Gen3KubeSpawner(_mock=True, user=user, hub=hub, authenticator=authenticator, namespace="gen3", **traits)
+    spawner.api = RecordingApi()
+    return spawner
+
+
+def serialize(obj: Any) -> dict[str, Any]:
+    # sanitize_for_serialization is pure; a bare instance (no HTTP session) is enough.
+    return ApiClient.__new__(ApiClient).sanitize_for_serialization(obj)
+
+
+async def manifests(flavor: str, user: FakeUser | None = None, **traits: Any) -> tuple[Gen3KubeSpawner, dict, dict, dict]:
+    spawner = make_spawner(user or FakeUser("alice@uchicago.edu", ["gpu-users"]), **traits)
+    spawner.user_options = {"flavor": flavor}
+    await spawner.load_user_options()
+    spawner._api_key_id = "key-1"
+    pod = serialize(await spawner.get_pod_manifest())
+    pvc = serialize(spawner.get_pvc_manifest())
+    secret = serialize(spawner.get_credentials_secret_manifest({"key_id": "key-1", "api_key": "a.b.c"}))
+    return spawner, pod, pvc, secret
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_manifests_validate_strictly(flavor: str, version: str) -> None:
+    _, pod, pvc, secret = await manifests(flavor)
+    for obj in (pod, pvc, secret):
+        kubernetes_validate.validate(obj, version, strict=True)
+
+
+async def test_pod_is_hardened_and_annotated() -> None:
+    _, pod, _, _ = await manifests("python-small")
+    spec = pod["spec"]
+    c = spec["containers"][0]
+    sc = c["securityContext"]
+    assert sc["runAsUser"] == 1000 and sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["securityContext"]["fsGroup"] == 100
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["enableServiceLinks"] is False
+    ann = pod["metadata"]["annotations"]
+    assert ann["hub.jupyter.org/username"] == "alice@uchicago.edu" and ann["gen3username"] == "alice@uchicago.edu"
+
+
+async def test_flavor_becomes_resources_image_and_env() -> None:
+    _, pod, _, _ = await manifests("r-large", egress_proxy="http://egress.gen3.svc.cluster.local:3128", no_proxy=["fence-service"], commons_url="https://data.example.org")
+    c = pod["spec"]["containers"][0]
+    assert c["image"].endswith("notebook-r:0.1.0")
+    assert c["resources"]["limits"] == {"cpu": 4.0, "memory": 16 * 2**30}
+    assert c["resources"]["requests"] == {"cpu": 2.0, "memory": 8 * 2**30}
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["WORKSPACE_FLAVOR"] == "r-large" and env["GEN3_ENDPOINT"] == "https://data.example.org"
+    assert env["NAMESPACE"] == "gen3"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        assert env[name] == "http://egress.gen3.svc.cluster.local:3128"
+    no_proxy = env["NO_PROXY"].split(",")
+    assert env["no_proxy"] == env["NO_PROXY"]
+    for host in ("hub", "localhost", ".svc", ".cluster.local", "fence-service"):
+        assert host in no_proxy
+    assert env["GEN3_API_KEY"] == "/etc/gen3/credentials.json"
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["gen3-credentials"]["readOnly"] is True and mounts["gen3-credentials"]["mountPath"] == "/etc/gen3"
+    assert mounts["gen3-drive"]["mountPath"] == "/home/jovyan"
+
+
+async def test_gpu_flavor_requests_the_gpu_and_lands_on_gpu_nodes() -> None:
+    _, pod, _, _ = await manifests("python-gpu")
+    c = pod["spec"]["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["spec"]["nodeSelector"] == {"gen3.org/accelerator": "nvidia"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+    # Switching back to a CPU flavor drops the GPU request.
+    spawner, _, _, _ = await manifests("python-gpu")
+    spawner.user_options = {"flavor": "python-small"}
+    await spawner.load_user_options()
+    pod = serialize(await spawner.get_pod_manifest())
+    assert "nvidia.com/gpu" not in pod["spec"]["containers"][0]["resources"]["limits"]
+
+
+async def test_one_drive_per_user_across_flavors_and_it_is_never_deleted() -> None:
+    names = set()
+    for flavor in FLAVORS:
+        spawner, pod, pvc, _ = await manifests(flavor)
+        names.add(pvc["metadata"]["name"])
+        claim = next(v for v in pod["spec"]["volumes"] if v["name"] == "gen3-drive")
+        assert claim["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert len(names) == 1 and names.pop().startswith("claim-alice")
+    assert spawner.delete_pvc is False
+    await spawner.delete_forever()
+    assert not [c for c in spawner.api.calls if "persistent_volume_claim" in c[0]]
+
+
+async def test_drive_size_and_storage_class_are_configurable() -> None:
+    _, _, pvc, _ = await manifests("python-small", drive_size="50Gi", drive_storage_class="gp3")
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    assert pvc["spec"]["storageClassName"] == "gp3"
+
+
+@pytest.mark.parametrize("flavor, status", [("python-gpu", 403), ("no-such-flavor", 400), (["python-small"], 400)])
+async def test_forbidden_or_unknown_flavor_is_refused_before_any_kubernetes_call(flavor: Any, status: int) -> None:
+    spawner = make_spawner(FakeUser("alice", ["analysts"]))
+    spawner.user_options = {"flavor": flavor} if not isinstance(flavor, list) else {"flavor": 3}
+    with pytest.raises(web.HTTPError) as e:
+        await spawner._start()
+    assert e.value.status_code == status
+    assert spawner.api.calls == []
+
+
+async def test_form_lists_only_the_flavors_the_user_may_launch() -> None:
+    outsider = make_spawner(FakeUser("alice", ["analysts"]))
+    form = await outsider.get_options_form()
+    assert 'value="python-small"' in form and 'value="r-large"' in form and "python-gpu" not in form
+    member = make_spawner(FakeUser("gabi", ["gpu-users"]))
+    form = await member.get_options_form()
+    assert 'value="python-gpu"' in form and "1 GPU" in form and "notebook-python" in form
+
+
+@pytest.fixture(scope="module")
+def fence() -> Iterator[FenceStandIn]:
+    f = FenceStandIn()
+    f.add_user("alice")
+    f.start()
+    yield f
+    f.stop()
+
+
+async def test_minted_key_in_the_secret_works_with_the_real_gen3_sdk_and_stop_revokes_it(fence: FenceStandIn, tmp_path: Path) -> None:
+    from gen3workspace.hub.auth import Gen3OAuthenticator
+
+    auth = Gen3OAuthenticator(commons_url=fence.url, client_id=fence.client_id, client_secret=fence.client_secret)
+    user = FakeUser("alice", auth_state={"access_token": fence.mint_access_token("alice"), "oauth_user": {"authz": {}}})
+    spawner = make_spawner(user, authenticator=auth)
+    spawner.user_options = {"flavor": "python-small"}
+    await spawner.load_user_options()
+    key = await spawner.mint_api_key()
+    assert key and fence.active_keys("alice") == [key["key_id"]]
+    assert fence.api_keys[key["key_id"]]["scope"] == ["data", "user"]
+    await spawner._write_credentials_secret(key)
+    secret = spawner.api.secrets[spawner.credentials_secret_name]
+    creds = tmp_path / "credentials.json"
+    creds.write_bytes(base64.b64decode(secret.data["credentials.json"]))
+
+    # The real SDK, in a clean process, with nothing but the file the Secret carries.
+    code = "from gen3.auth import Gen3Auth; a = Gen3Auth(); t = a.get_access_token(); print('TOKEN-OK', a.endpoint, len(t) > 20)"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "GEN3_API_KEY": str(creds)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert "TOKEN-OK" in out.stdout and fence.url in out.stdout and "True" in out.stdout, out.stderr
+    assert fence.calls_to("/user/credentials/cdis/access_token")[-1].status == 200
+
+    await spawner._cleanup_credentials()
+    assert fence.active_keys("alice") == []
+    assert spawner.credentials_secret_name not in spawner.api.secrets
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert "TOKEN-OK" not in out.stdout, "a revoked key must not yield tokens"
+
+
+async def test_failed_revoke_is_logged_and_does_not_block_the_stop(fence: FenceStandIn, caplog: pytest.LogCaptureFixture) -> None:
+    from gen3workspace.hub.auth import Gen3OAuthenticator
+
+    auth = Gen3OAuthenticator(commons_url=fence.url, client_id=fence.client_id, client_secret=fence.client_secret)
+    user = FakeUser("alice", auth_state={"access_token": fence.mint_access_token("alice"), "oauth_user": {"authz": {}}})
+    spawner = make_spawner(user, authenticator=auth)
+    key = await spawner.mint_api_key()
+    fence.fail_500 = True
+    try:
+        await spawner._cleanup_credentials()
+    finally:
+        fence.fail_500 = False
+    assert "Could not revoke Fence API key" in caplog.text
+    assert key["api_key"] not in caplog.text
+    assert [c for c in spawner.api.calls if c[0] == "delete_namespaced_secret"]
+
+
+async def test_disabled_keys_mean_no_secret_and_no_env(fence: FenceStandIn) -> None:
+    from gen3workspace.hub.auth import Gen3OAuthenticator
+
+    auth = Gen3OAuthenticator(commons_url=fence.url, client_id=fence.client_id, client_secret=fence.client_secret)
+    user = FakeUser("alice", auth_state={"access_token": fence.mint_access_token("alice"), "oauth_user": {"authz": {}}})
+    spawner = make_spawner(user, authenticator=auth, issue_api_key=False)
+    spawner.user_options = {"flavor": "python-small"}
+    await spawner.load_user_options()
+    before = len(fence.api_keys)
+    assert await spawner.mint_api_key() is None
+    assert len(fence.api_keys) == before
+    pod = serialize(await spawner.get_pod_manifest())
+    c = pod["spec"]["containers"][0]
+    assert "GEN3_API_KEY" not in {e["name"] for e in c["env"]}
+    assert "gen3-credentials" not in {v["name"] for v in pod["spec"]["volumes"]}
+
+
+def test_state_keeps_the_key_id_for_revocation_after_a_hub_restart() -> None:
+    import asyncio
+
+    async def run() -> None:
+        spawner = make_spawner(FakeUser("alice"))
+        spawner._api_key_id = "k-9"
+        state = spawner.get_state()
+        again = make_spawner(FakeUser("alice"))
+        again.load_state(state)
+        assert again._api_key_id == "k-9"
+        assert json.dumps(state)
+
+    asyncio.run(run())
