@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -318,9 +319,19 @@ class Gen3SpawnerMixin(LoggingConfigurable):
             except web.HTTPError:
                 pass
 
-    def clear_state(self) -> None:
-        super().clear_state()
-        self._api_key_id = None
+    async def _cleanup_credentials(self) -> None:
+        """Revoke the key and remove where it was stored; each spawner says where that is."""
+        await self.revoke_api_key()
+
+    async def run_post_stop_hook(self) -> None:
+        # JupyterHub runs this after every stop, also when the server died by itself and
+        # stop() was never called; the key id deliberately survives clear_state() for it.
+        try:
+            await self._cleanup_credentials()
+        finally:
+            result = super().run_post_stop_hook()
+            if inspect.isawaitable(result):
+                await result
 
     def progress_intro(self) -> dict[str, Any]:
         f = self.flavor

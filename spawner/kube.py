@@ -235,12 +235,6 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
         if had_key or self.issue_api_key:
             await self._delete_credentials_secret()
 
-    async def stop(self, now: bool = False) -> None:
-        try:
-            await super().stop(now=now)
-        finally:
-            await self._cleanup_credentials()
-
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
         yield self.progress_intro()
         async for event in super().progress():

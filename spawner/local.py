@@ -98,12 +98,6 @@ class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
         await self.revoke_api_key()
         shutil.rmtree(self.credentials_mount_path, ignore_errors=True)
 
-    async def stop(self, now: bool = False) -> None:
-        try:
-            await super().stop(now=now)
-        finally:
-            await self._cleanup_credentials()
-
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
         yield self.progress_intro()
         async for event in super().progress():

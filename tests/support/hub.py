@@ -26,7 +26,7 @@ import os
 c.JupyterHub.services = [{"name": "test-admin", "api_token": os.environ["GEN3WS_TEST_ADMIN_TOKEN"]}]
 c.JupyterHub.load_roles = [{
     "name": "test-admin",
-    "scopes": ["admin:users", "admin:auth_state", "admin:servers", "admin:groups", "read:users", "servers", "access:servers", "read:hub"],
+    "scopes": ["admin:users", "admin:auth_state", "admin:servers", "admin:groups", "admin:server_state", "read:users", "tokens", "servers", "access:servers", "read:hub"],
     "services": ["test-admin"],
 }]
 c.Authenticator.auth_refresh_age = 1
