@@ -92,14 +92,22 @@ def _oauth_callback_url(cfg: Mapping[str, Any]) -> str:
     return f"https://{host}{_get(cfg, 'hub.baseUrl', '/')}hub/oauth_callback"
 
 
+def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(out.get(key), Mapping) and isinstance(value, Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def _merge(section: Any, values: Mapping[str, Any]) -> None:
     """Set traits on a traitlets Config section, merging dicts so chart defaults are extended, not lost."""
     for trait, value in values.items():
         current = section[trait] if trait in section else None
-        if isinstance(current, dict) and isinstance(value, Mapping):
-            merged = dict(current)
-            merged.update(value)
-            section[trait] = merged
+        if isinstance(current, Mapping) and isinstance(value, Mapping):
+            section[trait] = _deep_merge(current, value)
         else:
             section[trait] = value
 
@@ -146,7 +154,8 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
     crypt_key = environ.get(ENV_CRYPT_KEY, "")
     if crypt_key:
         # auth_state (the user's Fence tokens) is only stored encrypted.
-        c.CryptKeeper.keys = [crypt_key]
+        # Item, not attribute, syntax: "keys" is also a dict method of the Config section.
+        c.CryptKeeper["keys"] = [crypt_key]
         c.Authenticator.enable_auth_state = True
 
     # --- idle culler ------------------------------------------------------------------------
@@ -198,6 +207,9 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
     spawner.commons_url = commons_url
     spawner.flavor_file = _get(cfg, "spawner.flavorFile", DEFAULT_FLAVOR_FILE)
     spawner.namespace = _get(cfg, "spawner.namespace") or _get(cfg, "release.namespace", "default")
+    # NAMESPACE in users' servers names the commons' namespace, which the chart is installed
+    # next to, even when users' servers live in a namespace of their own.
+    spawner.workspace_namespace = _get(cfg, "release.namespace", "default")
     spawner.egress_proxy = _get(cfg, "spawner.egressProxy", "")
     spawner.no_proxy = list(_get(cfg, "spawner.noProxy", []))
     spawner.issue_api_key = bool(_get(cfg, "spawner.issueApiKey", True))

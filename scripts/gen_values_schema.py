@@ -6,8 +6,8 @@ JSON Schema and its help text. The flavor part comes from the spawner's own cata
 (`gen3workspace.spawner.flavors.catalogue_json_schema()`) and its defaults from the example
 catalogue, so the chart rejects exactly the catalogues the hub rejects.
 
-    scripts/gen_values_schema.py           write both files
-    scripts/gen_values_schema.py --check   exit 1 if either committed file is stale
+    .venv/bin/python scripts/gen_values_schema.py           write both files
+    .venv/bin/python scripts/gen_values_schema.py --check   exit 1 if either committed file is stale
 """
 
 from __future__ import annotations
@@ -129,6 +129,9 @@ NETPOL_PEER = {
     "type": "object",
     "additionalProperties": False,
     "minProperties": 1,
+    # Kubernetes refuses an ipBlock combined with selectors in one peer.
+    "if": {"required": ["ipBlock"]},
+    "then": {"maxProperties": 1},
     "properties": {
         "podSelector": {**LABEL_SELECTOR, "description": "Pods (in the namespaces picked by namespaceSelector, else in the notebooks' namespace)."},
         "namespaceSelector": {**LABEL_SELECTOR, "description": "Namespaces whose pods may be reached."},
@@ -190,13 +193,14 @@ def image(repository: str, tag: str, what: str, repository_help: str, tag_help: 
     )
 
 
-def security(uid: int, what: str, fs_group: bool = False, note: str = "") -> Group:
+def security(uid: int, what: str, gid: int | None = None, fs_group: bool = False, note: str = "") -> Group:
+    gid = uid if gid is None else gid
     children: dict[str, Node] = {
         "runAsUser": Leaf({"type": "integer", "minimum": 1}, uid, f"Non-root user id the {what} runs as.{note}"),
-        "runAsGroup": Leaf({"type": "integer", "minimum": 1}, uid, f"Group id the {what} runs as."),
+        "runAsGroup": Leaf({"type": "integer", "minimum": 1}, gid, f"Group id the {what} runs as."),
     }
     if fs_group:
-        children["fsGroup"] = Leaf({"type": "integer", "minimum": 1}, uid, f"Group that owns the {what}'s volumes, so the hub can write its database.")
+        children["fsGroup"] = Leaf({"type": "integer", "minimum": 1}, gid, f"Group that owns the {what}'s volumes, so the hub can write its database.")
     return Group(
         f"User and group of the {what}. Root, privilege escalation and all capabilities are always refused by the chart.",
         children,
@@ -342,7 +346,7 @@ VALUES = Group(
                 ),
                 "resources": resources({"requests": {"cpu": "200m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}, "hub"),
                 **placement("hub"),
-                "securityContext": security(1000, "hub", fs_group=True),
+                "securityContext": security(1000, "hub", gid=100, fs_group=True, note=" 1000:100 is the hub image's own user."),
                 "extraEnv": Leaf(STRING_MAP, {}, "Extra environment variables of the hub container."),
                 "config": Leaf(
                     {"type": "object", "additionalProperties": {"type": "object"}},

@@ -18,7 +18,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 DEFAULT_IDLE_TIMEOUT_SECONDS = 3600
 # Culling runs on a timer; checking at least every 5 minutes keeps the overshoot small
@@ -47,7 +48,12 @@ def frame_ancestors_policy(value: str | None) -> str | None:
     """Return the CSP header value for GEN3_FRAME_ANCESTORS, or None to keep the default."""
     if value is None or not value.strip():
         return None
-    sources = value.split()
+    if any(ord(char) < 0x20 and char != " " for char in value):
+        # A line break would end the header and start another one.
+        _warn("ignoring GEN3_FRAME_ANCESTORS: it contains control characters")
+        return None
+    sources = value.split(" ")
+    sources = [source for source in sources if source]
     bad = [source for source in sources if not _CSP_SOURCE.match(source)]
     if bad:
         _warn(f"ignoring GEN3_FRAME_ANCESTORS: {bad[0]!r} is not a CSP source like https://portal.example.org")

@@ -100,13 +100,14 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
+{{/* Empty when there are none; callers use `with` so no blank line is left behind. */}}
 {{- define "gen3ws.imagePullSecrets" -}}
-{{- with .Values.imagePullSecrets }}
+{{- with .Values.imagePullSecrets -}}
 imagePullSecrets:
 {{- range . }}
   - name: {{ . }}
 {{- end }}
-{{- end }}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -150,23 +151,31 @@ addresses exactly when their integer division by the block size is equal.
 {{- if eq (div $net $block) (div $metadata $block) -}}true{{- end -}}
 {{- end -}}
 
-{{/* An ipBlock peer with the metadata address always cut out. Argument: the ipBlock dict. */}}
-{{- define "gen3ws.safeIpBlock" -}}
-{{- $except := .except | default list -}}
-{{- if include "gen3ws.cidrHasMetadata" .cidr -}}
-{{- if hasSuffix "/32" .cidr -}}
-{{- fail (printf "networkPolicy: the ipBlock %s is the cloud metadata address, which users' servers may never reach" .cidr) -}}
+{{/*
+NetworkPolicy peers (a list) with the metadata address cut out of every ipBlock that
+contains it; a /32 of the metadata address itself is refused.
+*/}}
+{{- define "gen3ws.safePeers" -}}
+{{- $peers := list -}}
+{{- range . -}}
+{{- $peer := deepCopy . -}}
+{{- if .ipBlock -}}
+{{- $except := .ipBlock.except | default list -}}
+{{- if include "gen3ws.cidrHasMetadata" .ipBlock.cidr -}}
+{{- if hasSuffix "/32" .ipBlock.cidr -}}
+{{- fail (printf "networkPolicy.notebook.allowedInternal: the ipBlock %s is the cloud metadata address, which users' servers may never reach" .ipBlock.cidr) -}}
 {{- end -}}
 {{- if not (has "169.254.169.254/32" $except) -}}
 {{- $except = append $except "169.254.169.254/32" -}}
 {{- end -}}
 {{- end -}}
-ipBlock:
-  cidr: {{ .cidr }}
-  {{- with $except }}
-  except:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
+{{- $block := dict "cidr" .ipBlock.cidr -}}
+{{- if $except -}}{{- $_ := set $block "except" $except -}}{{- end -}}
+{{- $_ := set $peer "ipBlock" $block -}}
+{{- end -}}
+{{- $peers = append $peers $peer -}}
+{{- end -}}
+{{- toYaml $peers -}}
 {{- end -}}
 
 {{/* The egress rule to the cluster DNS, shared by every NetworkPolicy. */}}

@@ -30,9 +30,9 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 from urllib.parse import urlsplit
 
 CONFIG_DIR_NAME = ".gen3"

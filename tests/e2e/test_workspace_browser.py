@@ -1,0 +1,164 @@
+"""The workspace in real Chromium: Fence login, the flavor page, JupyterLab, the Gen3 SDK inside, the drive, the 403 page."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from playwright.sync_api import Browser, Page, expect
+
+from tests.support.browser import chromium, screenshot_path
+from tests.support.fence import FenceStandIn
+from tests.support.hub import Hub
+
+pytestmark = pytest.mark.e2e
+BASE = "/lw-workspace/"
+PORTAL = "https://portal.commons.test"
+PROXY = "http://egress.commons.test:3128"
+
+
+@pytest.fixture(scope="module")
+def hub(fence: FenceStandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    h = Hub(
+        tmp_path_factory.mktemp("e2e"),
+        fence=fence,
+        extra_args=["--base-url", BASE, "--frame-ancestor", PORTAL, "--portal-url", PORTAL + "/", "--egress-proxy", PROXY, "--commons-name", "Test Data Commons"],
+    ).start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    p = context.new_page()
+    p.set_default_timeout(60_000)
+    yield p
+    context.close()
+
+
+def log_in(page: Page, hub: Hub, user: str, shot: str | None = None) -> None:
+    page.goto(f"{hub.url}hub/login")
+    expect(page.locator("#gen3-title")).to_have_text("Gen3 Workspace")
+    if shot:
+        page.screenshot(path=screenshot_path(shot), full_page=True)
+    page.get_by_text("Sign in with Test Data Commons").click()
+    # The Fence stand-in's own login page, as a user would see their IdP.
+    page.get_by_role("button", name=f"Log in as {user}").click()
+
+
+def run_in_notebook(page: Page, code: str) -> str:
+    cells = page.locator(".jp-Notebook .jp-Cell")
+    cell = cells.nth(cells.count() - 1)
+    cell.locator(".cm-content").click()
+    page.keyboard.insert_text(code)
+    output = cell.locator(".jp-OutputArea-output")
+    # A run sent while the kernel is still connecting can be dropped; send it again then.
+    for _ in range(6):
+        cell.locator(".cm-content").click()
+        page.keyboard.press("Shift+Enter")
+        try:
+            expect(output.first).to_be_visible(timeout=15_000)
+            break
+        except AssertionError:
+            continue
+    else:
+        page.screenshot(path=screenshot_path("failed-notebook"))
+        raise AssertionError("the notebook cell produced no output")
+    expect(cell.locator(".jp-InputArea-prompt")).not_to_have_text(re.compile(r"\*"), timeout=60_000)
+    return "\n".join(output.all_inner_texts())
+
+
+def open_notebook(page: Page) -> None:
+    expect(page.locator(".jp-LabShell")).to_be_visible(timeout=120_000)
+    # JupyterLab restores the last layout; ?reset brings the launcher back.
+    page.goto(page.url.split("/lab")[0] + "/lab?reset")
+    page.locator(".jp-LauncherCard[data-category='Notebook']").first.click()
+    expect(page.locator(".jp-Notebook .jp-Cell").first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"\| Idle"))).to_be_visible(timeout=90_000)
+
+
+def start_flavor(page: Page, hub: Hub, flavor: str) -> None:
+    page.goto(f"{hub.url}hub/spawn")
+    page.locator(f"label[data-flavor='{flavor}']").click()
+    page.get_by_role("button", name=re.compile("Start")).click()
+    page.wait_for_url(re.compile(r"/user/.+/lab"), timeout=180_000)
+
+
+def stop_server(page: Page, hub: Hub, user: str) -> None:
+    page.goto(f"{hub.url}hub/home")
+    page.locator("#stop").click()
+    expect(page.locator("#start")).to_be_visible(timeout=60_000)
+    hub.wait_for_server(user, ready=False)
+
+
+def test_login_flavors_jupyterlab_gen3_sdk_and_drive(page: Page, hub: Hub, fence: FenceStandIn) -> None:
+    log_in(page, hub, "alice", shot="login")
+    # Straight to the flavor page, with only what alice may launch.
+    expect(page.locator(".gen3-flavors")).to_be_visible()
+    flavors = page.locator("label[data-flavor]").evaluate_all("els => els.map(e => e.dataset.flavor)")
+    assert flavors == ["python-small", "r-large"], flavors
+    expect(page.locator("#gen3-local-note")).to_contain_text("image, CPU, memory and GPU are not applied")
+    page.screenshot(path=screenshot_path("flavor-page"), full_page=True)
+
+    start_flavor(page, hub, "python-small")
+    open_notebook(page)
+    out = run_in_notebook(
+        page,
+        "import os\nfrom gen3.auth import Gen3Auth\ntoken = Gen3Auth().get_access_token()\n"
+        "print('ENDPOINT', os.environ['GEN3_ENDPOINT'])\nprint('PROXY', os.environ['HTTPS_PROXY'], os.environ['http_proxy'])\n"
+        "print('FLAVOR', os.environ['WORKSPACE_FLAVOR'])\nprint('TOKEN', len(token.split('.')) == 3)\n"
+        "open('from-the-browser.txt', 'w').write('kept across flavors')\n",
+    )
+    assert f"ENDPOINT {fence.url}" in out
+    assert f"PROXY {PROXY} {PROXY}" in out
+    assert "FLAVOR python-small" in out
+    assert "TOKEN True" in out, out
+    key_exchanges = fence.calls_to("/user/credentials/cdis/access_token")
+    assert key_exchanges and key_exchanges[-1].status == 200 and key_exchanges[-1].username == "alice"
+    news = page.get_by_role("button", name="No", exact=True)
+    if news.is_visible():
+        news.click()
+    page.screenshot(path=screenshot_path("jupyterlab"))
+
+    stop_server(page, hub, "alice")
+    assert fence.active_keys("alice") == []
+    start_flavor(page, hub, "r-large")
+    expect(page.locator(".jp-LabShell")).to_be_visible(timeout=120_000)
+    expect(page.locator(".jp-DirListing-content").get_by_text("from-the-browser.txt")).to_be_visible()
+    open_notebook(page)
+    out = run_in_notebook(page, "import os\nprint(open('from-the-browser.txt').read(), os.environ['WORKSPACE_FLAVOR'])\n")
+    assert "kept across flavors r-large" in out
+    stop_server(page, hub, "alice")
+
+
+def test_user_without_permission_sees_the_403_page(page: Page, hub: Hub) -> None:
+    log_in(page, hub, "nobody-ned")
+    body = page.locator("body")
+    expect(body).to_contain_text("403")
+    expect(body).to_contain_text("method 'access' for service 'jupyterhub' on resource '/workspace'")
+    assert "Traceback" not in page.content()
+    page.screenshot(path=screenshot_path("forbidden"), full_page=True)
+
+
+def test_behind_the_portal_base_url_csp_and_logout(hub: Hub, fence: FenceStandIn) -> None:
+    r = requests.get(f"{hub.url}hub/login", timeout=30)
+    assert r.url.startswith(f"http://127.0.0.1:{hub.port}{BASE}")
+    assert r.headers["Content-Security-Policy"] == f"frame-ancestors 'self' {PORTAL}"
+    s, r = hub.login("alice")
+    assert r.status_code == 200
+    # Logout: hub -> Fence logout -> back to the portal.
+    r = s.get(f"{hub.url}hub/logout", allow_redirects=False, timeout=30)
+    fence_logout = r.headers["Location"]
+    assert fence_logout.startswith(f"{fence.url}/user/logout?next=")
+    r = s.get(fence_logout, allow_redirects=False, timeout=30)
+    assert r.status_code == 302 and r.headers["Location"] == PORTAL + "/"

@@ -1,0 +1,533 @@
+"""The chart lints, renders valid Kubernetes objects for every values file, refuses bad values by key, and renders the security properties the design promises."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from gen3workspace.spawner.flavors import default_catalogue_path, validate_catalogue
+
+from .chart import (
+    BAD_VALUES_DIR,
+    CHART,
+    FULLNAME,
+    METADATA_V4,
+    METADATA_V6,
+    NAMESPACE,
+    RELEASE,
+    VALUES_DIR,
+    Obj,
+    find,
+    find_all,
+    helm,
+    hub_config,
+    ip_block_allows,
+    notes_text,
+    pod_templates,
+    render,
+    selector_matches,
+    template_text,
+)
+
+VALUES_FILES = sorted(p.name for p in VALUES_DIR.glob("*.yaml"))
+BAD_VALUES_FILES = sorted(p.name for p in BAD_VALUES_DIR.glob("*.yaml"))
+K8S_VERSIONS = ["1.30", "1.35"]
+# What KubeSpawner adds to every user pod on top of the common labels the hub is configured with.
+KUBESPAWNER_POD_LABELS = {"component": "singleuser-server", "app.kubernetes.io/component": "singleuser-server"}
+
+
+def test_the_matrix_covers_the_issue() -> None:
+    assert set(VALUES_FILES) >= {
+        "defaults.yaml", "external-db.yaml", "ingress.yaml", "gpu-flavor.yaml",
+        "egress-off.yaml", "custom-whitelist.yaml", "existing-secret.yaml",
+    }
+
+
+# ---- lint, render, validate -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_helm_lint_strict(values: str) -> None:
+    out = helm("lint", "--strict", str(CHART), "-f", str(VALUES_DIR / values))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 chart(s) failed" in out.stdout
+
+
+def test_helm_lint_strict_with_the_chart_defaults() -> None:
+    # helm lint reports `required`/`fail` only as INFO, so the bare chart lints clean ...
+    out = helm("lint", "--strict", str(CHART))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_install_without_required_values_says_what_is_missing() -> None:
+    # ... while rendering it for real (as helm install does) stops with a message naming the key.
+    out = template_text()
+    assert out.returncode != 0
+    assert "commons.url is required" in out.stderr
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_rendered_objects_validate_strictly(values: str, version: str) -> None:
+    docs = render(values)
+    assert len(docs) >= 15
+    problems = []
+    for doc in docs:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            problems.append(f"{doc['kind']}/{doc['metadata']['name']}: {'.'.join(map(str, e.path))}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            problems.append(e.message)
+    assert not problems, "\n".join(problems)
+
+
+def test_kubernetes_version_constraint() -> None:
+    for version in K8S_VERSIONS:
+        out = template_text("defaults.yaml", extra=["--kube-version", f"{version}.0"])
+        assert out.returncode == 0, out.stderr
+    too_old = template_text("defaults.yaml", extra=["--kube-version", "1.29.0"])
+    assert too_old.returncode != 0 and "kubeVersion" in too_old.stderr
+
+
+def test_validation_catches_a_broken_object() -> None:
+    """The validator in use is strict: the matrix above could not pass by validating nothing."""
+    deployment = copy.deepcopy(find(render("defaults.yaml"), "Deployment", f"{FULLNAME}-hub"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicie"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, "1.35", strict=True)
+
+
+@pytest.mark.parametrize("bad", BAD_VALUES_FILES)
+def test_bad_values_are_refused_naming_the_key(bad: str) -> None:
+    path = BAD_VALUES_DIR / bad
+    expected = re.search(r"^# expect: (.+)$", path.read_text(encoding="utf-8"), re.M)
+    assert expected, f"{bad} must say which key the error names (# expect: ...)"
+    out = template_text(path)
+    assert out.returncode != 0, f"{bad} was accepted"
+    assert expected.group(1).strip() in out.stderr, out.stderr
+
+
+def test_schema_refusals_come_from_the_schema_not_from_templates() -> None:
+    """A misspelled key and a bad flavor are refused by values.schema.json (before any template runs)."""
+    for bad in ("misspelled-key.yaml", "flavor-memory-with-space.yaml", "unknown-flavor-key.yaml"):
+        out = template_text(BAD_VALUES_DIR / bad)
+        assert "values don't meet the specifications of the schema" in out.stderr, out.stderr
+
+
+# ---- security properties ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_every_container_is_non_root_without_privilege_escalation(values: str) -> None:
+    templates = pod_templates(render(values))
+    assert {name for name, _ in templates} >= {f"{FULLNAME}-hub", f"{FULLNAME}-proxy"}
+    for name, template in templates:
+        spec = template["spec"]
+        pod_sc = spec.get("securityContext") or {}
+        containers = spec.get("containers", []) + spec.get("initContainers", [])
+        assert containers
+        for c in containers:
+            sc = c.get("securityContext") or {}
+            where = f"{name}/{c['name']}"
+            assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, where
+            uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
+            assert uid is not None and uid != 0, where
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert not sc.get("privileged"), where
+            assert "ALL" in (sc.get("capabilities") or {}).get("drop", []), where
+            assert not (sc.get("capabilities") or {}).get("add"), where
+        assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), name
+        if not name.endswith("-hub"):
+            # Only the hub talks to the Kubernetes API.
+            assert spec.get("automountServiceAccountToken") is False, name
+
+
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_rbac_is_namespaced_and_minimal(values: str) -> None:
+    docs = render(values)
+    assert not find_all(docs, "ClusterRole") and not find_all(docs, "ClusterRoleBinding")
+    user_ns = hub_config(docs)["spawner"]["namespace"]
+    role = find(docs, "Role")
+    assert role["metadata"]["namespace"] == user_ns
+    allowed = {"pods", "persistentvolumeclaims", "secrets", "services", "events"}
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == [""], rule
+        assert set(rule["resources"]) <= allowed, rule
+        assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
+        assert not rule.get("nonResourceURLs"), rule
+        if "persistentvolumeclaims" in rule["resources"]:
+            assert "delete" not in rule["verbs"] and "deletecollection" not in rule["verbs"], "the hub must not be able to delete users' drives"
+    binding = find(docs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == user_ns
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
+    hub_sa = find(docs, "Deployment", f"{FULLNAME}-hub")["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": hub_sa, "namespace": NAMESPACE}]
+
+
+def _pod_labels(docs: list[Obj], deployment: str) -> dict[str, str]:
+    return find(docs, "Deployment", deployment)["spec"]["template"]["metadata"]["labels"]
+
+
+def _notebook_labels(docs: list[Obj]) -> dict[str, str]:
+    """The labels a user's pod gets: what the hub is configured with plus KubeSpawner's own."""
+    from gen3workspace.hub.chartconfig import KUBESPAWNER_COMMON_LABELS
+
+    return {**KUBESPAWNER_COMMON_LABELS, **hub_config(docs)["spawner"]["commonLabels"], **KUBESPAWNER_POD_LABELS, "hub.jupyter.org/username": "alice"}
+
+
+def _peer_is(peer: Obj, labels: dict[str, str], namespace: str, policy_ns: str) -> bool:
+    """Whether a NetworkPolicy peer selects pods with these labels in this namespace."""
+    if "ipBlock" in peer or "podSelector" not in peer:
+        return False
+    if "namespaceSelector" in peer:
+        if not selector_matches(peer["namespaceSelector"], {"kubernetes.io/metadata.name": namespace}):
+            return False
+    elif namespace != policy_ns:
+        return False
+    return selector_matches(peer["podSelector"], labels)
+
+
+def _ports(rule: Obj) -> list[tuple[Any, str]]:
+    return sorted((p["port"], p.get("protocol", "TCP")) for p in rule.get("ports") or [])
+
+
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_notebook_egress_allows_only_what_is_listed(values: str) -> None:
+    docs = render(values)
+    config = hub_config(docs)
+    user_ns = config["spawner"]["namespace"]
+    policy = find(docs, "NetworkPolicy", f"{FULLNAME}-notebooks")
+    assert policy["metadata"]["namespace"] == user_ns
+    assert "Egress" in policy["spec"]["policyTypes"]
+    # The policy must actually select users' pods, and nothing of the chart's own.
+    assert selector_matches(policy["spec"]["podSelector"], _notebook_labels(docs))
+    for name, template in pod_templates(docs):
+        assert not selector_matches(policy["spec"]["podSelector"], template["metadata"]["labels"]), name
+
+    values_tree = yaml.safe_load((VALUES_DIR / values).read_text(encoding="utf-8"))
+    egress_on = (values_tree.get("egressProxy") or {}).get("enabled", True)
+    internal = ((values_tree.get("networkPolicy") or {}).get("notebook") or {}).get("allowedInternal") or []
+    dns = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))["networkPolicy"]["dns"]
+
+    components = {"hub": (f"{FULLNAME}-hub", [(8081, "TCP")]), "proxy": (f"{FULLNAME}-proxy", [(8000, "TCP")])}
+    if egress_on:
+        components["egress"] = (f"{FULLNAME}-egress", [(3128, "TCP")])
+    seen: dict[str, list[tuple[Any, str]]] = {}
+    seen_internal: list[str] = []
+    for rule in policy["spec"]["egress"]:
+        peers = rule.get("to")
+        assert peers, f"an egress rule without 'to' allows every destination: {rule}"
+        assert rule.get("ports"), f"an egress rule without ports allows every port: {rule}"
+        for peer in peers:
+            label = next((k for k, (dep, _) in components.items() if _peer_is(peer, _pod_labels(docs, dep), NAMESPACE, user_ns)), None)
+            if label:
+                seen[label] = _ports(rule)
+                continue
+            if peer.get("namespaceSelector") == dns["namespaceSelector"] and peer.get("podSelector") == dns["podSelector"]:
+                seen["dns"] = _ports(rule)
+                continue
+            entry = next((e for e in internal if any(_same_peer(peer, want) for want in e["to"])), None)
+            assert entry is not None, f"egress to something not listed in the values: {peer}"
+            assert _ports(rule) == _ports(entry), entry["name"]
+            seen_internal.append(entry["name"])
+    expected = {k: ports for k, (_, ports) in components.items()} | {"dns": [(53, "TCP"), (53, "UDP")]}
+    assert seen == expected
+    assert sorted(set(seen_internal)) == sorted(e["name"] for e in internal)
+
+
+def _same_peer(rendered: Obj, wanted: Obj) -> bool:
+    if "ipBlock" in wanted:
+        # The chart may only narrow an ipBlock (cutting out the metadata address).
+        got = rendered.get("ipBlock") or {}
+        return got.get("cidr") == wanted["ipBlock"]["cidr"] and set(wanted["ipBlock"].get("except") or []) <= set(got.get("except") or [])
+    return rendered == wanted
+
+
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_the_metadata_address_is_never_allowed(values: str) -> None:
+    docs = render(values)
+    policies = find_all(docs, "NetworkPolicy")
+    assert policies, "NetworkPolicies are on by default"
+    for policy in policies:
+        for rule in policy["spec"].get("egress") or []:
+            assert rule.get("to"), f"{policy['metadata']['name']}: egress to anywhere"
+            for peer in rule["to"]:
+                if "ipBlock" in peer:
+                    block = peer["ipBlock"]
+                    assert not ip_block_allows(block, METADATA_V4), f"{policy['metadata']['name']}: {block}"
+                    assert not ip_block_allows(block, METADATA_V6), f"{policy['metadata']['name']}: {block}"
+    squid = [d for d in find_all(docs, "ConfigMap") if "squid.conf" in d.get("data", {})]
+    for cm in squid:
+        conf = cm["data"]["squid.conf"]
+        blocked = re.search(r"^acl blocked_destinations dst (.+)$", conf, re.M)
+        assert blocked and "169.254.169.254/32" in blocked.group(1).split()
+        assert conf.index("http_access deny blocked_destinations") < conf.index("http_access allow")
+
+
+def test_a_wide_internal_range_gets_the_metadata_address_cut_out() -> None:
+    """The check above is not vacuous: custom-whitelist.yaml lists 169.254.0.0/16."""
+    policy = find(render("custom-whitelist.yaml"), "NetworkPolicy", f"{FULLNAME}-notebooks")
+    blocks = [p["ipBlock"] for r in policy["spec"]["egress"] for p in r["to"] if "ipBlock" in p]
+    wide = next(b for b in blocks if b["cidr"] == "169.254.0.0/16")
+    assert "169.254.169.254/32" in wide["except"] and "169.254.1.0/24" in wide["except"]
+    narrow = next(b for b in blocks if b["cidr"] == "10.40.0.0/16")
+    assert "except" not in narrow, "ranges without the metadata address are left alone"
+    assert ip_block_allows(narrow, ipaddress.ip_address("10.40.1.2"))
+
+
+@pytest.mark.parametrize("cidr,contains", [("0.0.0.0/0", True), ("128.0.0.0/1", True), ("169.254.169.0/24", True), ("169.254.168.0/24", False), ("10.0.0.0/8", False), ("169.254.169.255/32", False)])
+def test_metadata_containment_arithmetic_in_the_template(cidr: str, contains: bool) -> None:
+    overrides = {"networkPolicy": {"notebook": {"allowedInternal": [{"name": "x", "to": [{"ipBlock": {"cidr": cidr}}], "ports": [{"port": 80}]}]}}}
+    policy = find(render("defaults.yaml", overrides=overrides), "NetworkPolicy", f"{FULLNAME}-notebooks")
+    block = next(p["ipBlock"] for r in policy["spec"]["egress"] for p in r["to"] if "ipBlock" in p)
+    assert ("169.254.169.254/32" in (block.get("except") or [])) is contains
+    assert (ipaddress.ip_address("169.254.169.254") in ipaddress.ip_network(cidr)) is contains
+
+
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_component_policies_select_their_pods_and_let_users_in(values: str) -> None:
+    docs = render(values)
+    if find_all(docs, "NetworkPolicy") == []:
+        pytest.skip("no NetworkPolicies in this values file")
+    nb = _notebook_labels(docs)
+    user_ns = hub_config(docs)["spawner"]["namespace"]
+    for suffix, deployment in (("hub", "hub"), ("proxy", "proxy"), ("egress", "egress")):
+        policies = [p for p in find_all(docs, "NetworkPolicy") if p["metadata"]["name"] == f"{FULLNAME}-{suffix}"]
+        if not policies:
+            assert suffix == "egress" and not [d for d in docs if d["metadata"]["name"] == f"{FULLNAME}-egress"]
+            continue
+        policy = policies[0]
+        assert selector_matches(policy["spec"]["podSelector"], _pod_labels(docs, f"{FULLNAME}-{deployment}")), suffix
+        if suffix in ("hub", "egress"):
+            peers = [p for r in policy["spec"]["ingress"] for p in r.get("from", [])]
+            assert any(_peer_is(p, nb, user_ns, NAMESPACE) for p in peers), f"users' servers cannot reach the {suffix}"
+
+
+def test_egress_proxy_only_serves_users_servers() -> None:
+    docs = render("custom-whitelist.yaml")
+    policy = find(docs, "NetworkPolicy", f"{FULLNAME}-egress")
+    peers = [p for r in policy["spec"]["ingress"] for p in r["from"]]
+    assert len(peers) == 1 and _peer_is(peers[0], _notebook_labels(docs), "workspace-users", NAMESPACE)
+    internet = [p["ipBlock"] for r in policy["spec"]["egress"] for p in r["to"] if "ipBlock" in p]
+    v4 = next(b for b in internet if b["cidr"] == "0.0.0.0/0")
+    assert set(v4["except"]) == {"169.254.169.254/32", "10.0.0.0/8", "192.168.0.0/16"}
+
+
+# ---- hub, flavors, secrets ---------------------------------------------------------------------
+
+
+def _hub_pod(docs: list[Obj]) -> Obj:
+    return find(docs, "Deployment", f"{FULLNAME}-hub")["spec"]["template"]
+
+
+def test_default_flavors_are_the_example_catalogue() -> None:
+    docs = render("defaults.yaml")
+    cm = find(docs, "ConfigMap", f"{FULLNAME}-flavors")
+    rendered = yaml.safe_load(cm["data"]["flavors.yaml"])
+    assert rendered == yaml.safe_load(default_catalogue_path().read_text(encoding="utf-8"))
+    validate_catalogue(rendered, "rendered ConfigMap")
+
+
+def test_gpu_flavor_catalogue_renders_for_the_hub() -> None:
+    docs = render("gpu-flavor.yaml")
+    rendered = yaml.safe_load(find(docs, "ConfigMap", f"{FULLNAME}-flavors")["data"]["flavors.yaml"])
+    catalogue = validate_catalogue(rendered, "rendered ConfigMap")
+    a100 = catalogue.get("a100")
+    assert a100 and a100.gpu == 2 and a100.allowed_groups == ("gpu-users",) and a100.authz_resource == "/workspace/gpu"
+
+
+def test_flavors_are_mounted_as_a_directory_where_the_hub_reads_them() -> None:
+    docs = render("defaults.yaml")
+    pod = _hub_pod(docs)
+    mounts = {m["name"]: m for m in pod["spec"]["containers"][0]["volumeMounts"]}
+    volume = next(v for v in pod["spec"]["volumes"] if v.get("configMap", {}).get("name") == f"{FULLNAME}-flavors")
+    mount = mounts[volume["name"]]
+    assert "subPath" not in mount, "a subPath mount never sees ConfigMap updates"
+    assert mount["mountPath"] + "/flavors.yaml" == hub_config(docs)["spawner"]["flavorFile"] == "/usr/local/etc/gen3-workspace/flavors/flavors.yaml"
+    config_mount = next(m for m in mounts.values() if m["mountPath"] == "/usr/local/etc/gen3-workspace/config")
+    assert "subPath" not in config_mount
+    command = pod["spec"]["containers"][0]["command"]
+    assert command == ["jupyterhub", "--config", "/usr/local/etc/gen3-workspace/config/jupyterhub_config.py"]
+
+
+def test_a_catalogue_change_does_not_restart_the_hub_but_a_config_change_does() -> None:
+    base = render("defaults.yaml")
+    flavors = yaml.safe_load((VALUES_DIR / "gpu-flavor.yaml").read_text(encoding="utf-8"))["flavors"]
+    changed_flavors = render("defaults.yaml", overrides={"flavors": flavors})
+    assert find(base, "ConfigMap", f"{FULLNAME}-flavors") != find(changed_flavors, "ConfigMap", f"{FULLNAME}-flavors")
+    assert _hub_pod(base) == _hub_pod(changed_flavors), "a flavor edit changed the hub's pod template (=> restart)"
+    base_dep = find(base, "Deployment", f"{FULLNAME}-hub")
+    changed_dep = find(changed_flavors, "Deployment", f"{FULLNAME}-hub")
+    assert base_dep["metadata"]["annotations"]["checksum/flavors"] != changed_dep["metadata"]["annotations"]["checksum/flavors"]
+
+    changed_config = render("defaults.yaml", overrides={"culler": {"timeout": 7200}})
+    before = _hub_pod(base)["metadata"]["annotations"]["checksum/config"]
+    after = _hub_pod(changed_config)["metadata"]["annotations"]["checksum/config"]
+    assert before != after, "a hub config change must roll the hub"
+
+    changed_secret = render("defaults.yaml", overrides={"auth": {"clientSecret": "rotated"}})
+    assert _hub_pod(base)["metadata"]["annotations"]["checksum/secret-inputs"] != _hub_pod(changed_secret)["metadata"]["annotations"]["checksum/secret-inputs"]
+
+
+def test_a_whitelist_change_restarts_only_the_egress_proxy() -> None:
+    base = render("defaults.yaml")
+    changed = render("defaults.yaml", overrides={"egressProxy": {"whitelist": {"domains": ["example.net"]}}})
+    egress = lambda docs: find(docs, "Deployment", f"{FULLNAME}-egress")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]  # noqa: E731
+    assert egress(base) != egress(changed)
+    assert _hub_pod(base) == _hub_pod(changed)
+
+
+def _secret_data(docs: list[Obj]) -> dict[str, str]:
+    import base64
+
+    secret = find(docs, "Secret", f"{FULLNAME}-hub")
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def _env(pod: Obj) -> dict[str, Obj]:
+    return {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+
+
+def test_hub_secret_generates_keys_and_carries_the_client_secret() -> None:
+    docs = render("defaults.yaml")
+    data = _secret_data(docs)
+    for key in ("cookie-secret", "crypt-key", "proxy-token"):
+        assert re.fullmatch(r"[0-9a-f]{64}", data[key]), key
+    assert len({data["cookie-secret"], data["crypt-key"], data["proxy-token"]}) == 3
+    assert data["client-secret"] == "not-a-real-secret"
+    env = _env(_hub_pod(docs))
+    for name, key in (("GEN3WS_CLIENT_SECRET", "client-secret"), ("GEN3WS_COOKIE_SECRET", "cookie-secret"), ("JUPYTERHUB_CRYPT_KEY", "crypt-key"), ("CONFIGPROXY_AUTH_TOKEN", "proxy-token")):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": f"{FULLNAME}-hub", "key": key}
+    proxy_env = _env(find(docs, "Deployment", f"{FULLNAME}-proxy")["spec"]["template"])
+    assert proxy_env["CONFIGPROXY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": f"{FULLNAME}-hub", "key": "proxy-token"}
+    # No secret in the ConfigMap the hub reads.
+    config_text = find(docs, "ConfigMap", f"{FULLNAME}-hub-config")["data"]["config.yaml"]
+    for value in data.values():
+        assert value not in config_text
+
+
+def test_existing_secret_is_used_for_the_client_secret() -> None:
+    docs = render("existing-secret.yaml")
+    assert "client-secret" not in _secret_data(docs)
+    env = _env(_hub_pod(docs))
+    assert env["GEN3WS_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": "fence-workspace-client", "key": "secret"}
+    assert env["TZ"] == {"name": "TZ", "value": "UTC"}
+
+
+def test_generated_keys_are_kept_across_upgrades_with_lookup() -> None:
+    """Without a cluster lookup returns nothing; the template must still reuse what it finds."""
+    text = (CHART / "templates" / "hub" / "secret.yaml").read_text(encoding="utf-8")
+    assert re.search(r'lookup "v1" "Secret" \.Release\.Namespace \$name', text)
+    assert re.search(r'hasKey \$old \$key', text) and re.search(r"index \$old \$key", text)
+    # And each render without a cluster invents new keys, which is why they stay out of checksums.
+    a, b = _secret_data(render("defaults.yaml", overrides={"culler": {"every": 601}})), _secret_data(render("defaults.yaml", overrides={"culler": {"every": 602}}))
+    assert a["cookie-secret"] != b["cookie-secret"]
+
+
+def test_sqlite_on_a_pvc_by_default() -> None:
+    docs = render("defaults.yaml")
+    pvc = find(docs, "PersistentVolumeClaim", f"{FULLNAME}-hub-db")
+    pod = _hub_pod(docs)
+    data = next(v for v in pod["spec"]["volumes"] if v["name"] == "data")
+    assert data["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert hub_config(docs)["hub"]["db"] == {"type": "sqlite", "url": "", "sqlitePath": "/srv/jupyterhub/jupyterhub.sqlite"}
+    assert find(docs, "Deployment", f"{FULLNAME}-hub")["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_external_db_has_no_pvc_and_a_password_from_the_secret() -> None:
+    docs = render("external-db.yaml")
+    assert not find_all(docs, "PersistentVolumeClaim")
+    pod = _hub_pod(docs)
+    assert next(v for v in pod["spec"]["volumes"] if v["name"] == "data") == {"name": "data", "emptyDir": {}}
+    assert _env(pod)["GEN3WS_DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": f"{FULLNAME}-hub", "key": "db-password"}
+    assert _secret_data(docs)["db-password"] == "db-password-for-tests"
+    db = hub_config(docs)["hub"]["db"]
+    assert db["type"] == "external" and db["url"].startswith("postgresql+psycopg2://jupyterhub@") and "db-password-for-tests" not in db["url"]
+
+
+def test_ingress_routes_the_base_url_to_proxy_public() -> None:
+    docs = render("ingress.yaml")
+    ingress = find(docs, "Ingress")
+    rule = ingress["spec"]["rules"][0]
+    assert rule["host"] == "workspace.example.org"
+    path = rule["http"]["paths"][0]
+    assert path["path"] == "/" and path["backend"]["service"] == {"name": f"{FULLNAME}-proxy-public", "port": {"name": "http"}}
+    assert find(docs, "Service", f"{FULLNAME}-proxy-public")["spec"]["ports"][0]["name"] == "http"
+    assert ingress["spec"]["tls"] == [{"hosts": ["workspace.example.org"], "secretName": "workspace-tls"}]
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert hub_config(docs)["auth"]["callbackUrl"] == "https://workspace.example.org/hub/oauth_callback"
+    assert not find_all(render("defaults.yaml"), "Ingress")
+
+
+def test_spawner_proxy_env_points_at_the_egress_service() -> None:
+    docs = render("defaults.yaml")
+    service = find(docs, "Service", f"{FULLNAME}-egress")
+    port = service["spec"]["ports"][0]["port"]
+    assert hub_config(docs)["spawner"]["egressProxy"] == f"http://{service['metadata']['name']}.{NAMESPACE}.svc.cluster.local:{port}"
+    selector = service["spec"]["selector"]
+    assert selector_matches({"matchLabels": selector}, _pod_labels(docs, f"{FULLNAME}-egress"))
+
+    off = render("egress-off.yaml")
+    assert hub_config(off)["spawner"]["egressProxy"] == ""
+    assert not [d for d in off if "egress" in d["metadata"]["name"] and d["kind"] != "NetworkPolicy"]
+    assert not [d for d in off if d["metadata"]["name"] == f"{FULLNAME}-egress"]
+
+
+def test_services_select_their_pods() -> None:
+    docs = render("defaults.yaml")
+    pods = {name: t["metadata"]["labels"] for name, t in pod_templates(docs)}
+    for service in find_all(docs, "Service"):
+        matched = [n for n, labels in pods.items() if selector_matches({"matchLabels": service["spec"]["selector"]}, labels)]
+        assert len(matched) == 1, (service["metadata"]["name"], matched)
+        template = next(t for n, t in pod_templates(docs) if n == matched[0])
+        named = {p["name"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in named, (service["metadata"]["name"], port)
+
+
+def test_hub_connects_through_the_rendered_services() -> None:
+    docs = render("custom-whitelist.yaml")
+    config = hub_config(docs)
+    hub_svc = find(docs, "Service", f"{FULLNAME}-hub")
+    api_svc = find(docs, "Service", f"{FULLNAME}-proxy-api")
+    assert config["hub"]["connectUrl"] == f"http://{hub_svc['metadata']['name']}.{NAMESPACE}.svc:{hub_svc['spec']['ports'][0]['port']}"
+    assert config["proxy"]["apiUrl"] == f"http://{api_svc['metadata']['name']}.{NAMESPACE}.svc:{api_svc['spec']['ports'][0]['port']}"
+    assert config["spawner"]["namespace"] == "workspace-users"
+    assert config["spawner"]["noProxy"] == ["fence-service.gen3.svc.cluster.local", "indexd-service"]
+    proxy = find(docs, "Deployment", f"{FULLNAME}-proxy")["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert f"--default-target=http://{hub_svc['metadata']['name']}:8081" in proxy
+
+
+def test_whitelist_file_is_deduplicated_for_squid() -> None:
+    cm = find(render("custom-whitelist.yaml"), "ConfigMap", f"{FULLNAME}-egress-config")
+    # api.github.com is covered by .github.com; squid would complain (or drop an entry) if both were listed.
+    assert cm["data"]["whitelist.txt"].split() == [".github.com", ".pypi.org", ".pythonhosted.org", "cran.r-project.org", "huggingface.co"]
+    default = find(render("defaults.yaml"), "ConfigMap", f"{FULLNAME}-egress-config")["data"]["whitelist.txt"].split()
+    assert "data.example.org" in default and ".pypi.org" in default
+
+
+def test_notes_tell_the_operator_what_to_do_next() -> None:
+    notes = notes_text("defaults.yaml")
+    assert "https://data.example.org/workspace/" in notes
+    assert "fence-create client-create" in notes and "https://data.example.org/workspace/hub/oauth_callback" in notes
+    assert f"configmap {FULLNAME}-flavors" in notes and f"{FULLNAME}-egress-config" in notes
+    assert "helm uninstall` keeps them" in notes
+    off = notes_text("egress-off.yaml")
+    assert "egress proxy is disabled" in off and "no internet access" in off
+
+
+def test_release_name_and_namespace_are_what_the_helpers_assume() -> None:
+    docs = render("defaults.yaml")
+    assert all(d["metadata"].get("namespace") == NAMESPACE for d in docs)
+    assert hub_config(docs)["release"] == {"name": RELEASE, "namespace": NAMESPACE}
+    json.dumps(docs)  # every object is plain data
+    assert Path(CHART / "Chart.yaml").exists()

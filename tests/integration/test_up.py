@@ -1,0 +1,94 @@
+"""`gen3-workspace up` as a newcomer runs it: dev login, the URL it prints, and Ctrl-C leaving nothing behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import requests
+
+from tests.support.hub import Hub
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes only once reaped; check its state.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def dev_login(hub: Hub, user: str) -> requests.Session:
+    s = requests.Session()
+    page = s.get(f"{hub.url}hub/login", timeout=30).text
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
+    r = s.post(f"{hub.url}hub/login", data={"username": user, "_xsrf": xsrf}, timeout=60)
+    assert r.status_code == 200, r.text[:500]
+    return s
+
+
+def test_up_prints_the_url_serves_login_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    hub = Hub(tmp_path, extra_args=["--dev-group", "alice=gpu-users"]).start()
+    try:
+        assert f"open {hub.url}" in hub.log()
+        page = requests.get(hub.url, timeout=30)
+        assert page.status_code == 200 and "/hub/login" in page.url
+        assert "DEV LOGIN" in page.text and 'name="password"' not in page.text
+
+        s = dev_login(hub, "alice")
+        form = s.get(f"{hub.url}hub/spawn", timeout=30).text
+        assert 'value="python-gpu"' in form, "--dev-group gives alice the GPU flavor"
+        assert hub.api("POST", "users/alice/server", json={"flavor": "python-small"}).status_code in (201, 202)
+        model = hub.wait_for_server("alice")
+        server_pid = model["servers"][""]["state"]["pid"]
+        proxy_pid = int((hub.data_dir / "proxy.pid").read_text())
+        hub_pid = int((hub.data_dir / "jupyterhub.pid").read_text()) if (hub.data_dir / "jupyterhub.pid").exists() else None
+        assert alive(server_pid) and alive(proxy_pid)
+    except BaseException:
+        hub.stop()
+        raise
+
+    # Ctrl-C in a terminal signals the whole foreground process group.
+    os.killpg(hub.proc.pid, signal.SIGINT)
+    hub.proc.wait(60)
+    deadline = time.time() + 20
+    pids = [p for p in (server_pid, proxy_pid, hub_pid) if p]
+    while time.time() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.2)
+    assert not [p for p in pids if alive(p)], f"left behind: {[p for p in pids if alive(p)]}"
+    hub.stop()
+
+
+def test_dev_login_refuses_a_public_address(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "gen3workspace.hub.cli", "up", "--data-dir", str(tmp_path), "--ip", "0.0.0.0"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "only listens on 127.0.0.1" in r.stderr
+
+
+def test_weird_usernames_are_refused_cleanly_or_get_a_safe_drive(tmp_path: Path) -> None:
+    hub = Hub(tmp_path).start()
+    try:
+        for name in ("a b", "x" * 80, "../etc"):
+            s = requests.Session()
+            page = s.get(f"{hub.url}hub/login", timeout=30).text
+            xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
+            r = s.post(f"{hub.url}hub/login", data={"username": name, "_xsrf": xsrf}, timeout=30)
+            assert r.status_code == 403, name
+        # A legitimate but unusual name gets a drive folder inside the data dir.
+        dev_login(hub, "ünï.cødé@uni.edu")
+        assert hub.api("POST", "users/ünï.cødé@uni.edu/server", json={}).status_code in (201, 202)
+        hub.wait_for_server("ünï.cødé@uni.edu")
+        drives = [p for p in (hub.data_dir / "drives").iterdir()]
+        assert len(drives) == 1 and drives[0].name.isascii() and drives[0].resolve().parent == (hub.data_dir / "drives").resolve()
+        assert requests.get(f"{hub.url}hub/health", timeout=10).status_code == 200
+    finally:
+        hub.stop()
