@@ -69,6 +69,8 @@ class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
     def get_env(self) -> dict[str, str]:
         env = super().get_env()
         env.update(self.gen3_env())
+        # The notebook image's Jupyter Server settings (portal embedding, idle culling).
+        env["JUPYTER_CONFIG_PATH"] = str(Path(__file__).with_name("singleuser"))
         return env
 
     async def start(self) -> Any:

@@ -111,6 +111,9 @@ def test_login_flavors_jupyterlab_gen3_sdk_and_drive(page: Page, hub: Hub, fence
     page.screenshot(path=screenshot_path("flavor-page"), full_page=True)
 
     start_flavor(page, hub, "python-small")
+    # The portal may embed the user's server too, not only the hub.
+    csp = page.request.get(page.url).headers.get("content-security-policy", "")
+    assert f"frame-ancestors 'self' {PORTAL}" in csp, csp
     open_notebook(page)
     out = run_in_notebook(
         page,

@@ -13,7 +13,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGES = REPO_ROOT / "images"
 NOTEBOOK = IMAGES / "notebook"
 HOOK = NOTEBOOK / "before-notebook.d" / "50-gen3-client-profile.py"
-JUPYTER_CONFIG = NOTEBOOK / "jupyter_server_config.py"
+JUPYTER_CONFIG = REPO_ROOT / "spawner" / "singleuser" / "jupyter_server_config.py"
 REQUIREMENTS = NOTEBOOK / "requirements.txt"
 BUILD_SCRIPT = IMAGES / "build.sh"
 

@@ -115,7 +115,7 @@ def test_notebook_image_installs_hook_config_and_requirements() -> None:
         "/usr/local/bin/before-notebook.d/50-gen3-client-profile.py"
     ) in steps
     assert (
-        "COPY --chmod=0644 images/notebook/jupyter_server_config.py /usr/local/etc/jupyter/jupyter_server_config.py"
+        "COPY --chmod=0644 spawner/singleuser/jupyter_server_config.py /usr/local/etc/jupyter/jupyter_server_config.py"
     ) in steps
     assert any("pip install --no-cache-dir --require-hashes --requirement /tmp/gen3-requirements.txt" in s for s in steps)
     users = [s for s in steps if s.startswith("USER ")]

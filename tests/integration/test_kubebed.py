@@ -459,3 +459,28 @@ async def test_pods_outside_the_selector_are_left_alone(
         pod = await read_pod(v1, ns, "not-a-notebook")
         assert pod is not None and pod["status"]["phase"] == "Pending"
         assert "not-a-notebook" not in kubelet.pods
+
+
+def test_the_harness_also_runs_in_a_thread_for_sync_tests(
+    kube_bed: KubeBed, kube_namespace: str, kubelet_thread_factory: Callable[..., Any]
+) -> None:
+    # A synchronous test (as hub tests driven with requests are) has no event loop.
+    port = free_port()
+    runner = kubelet_thread_factory(kube_namespace)
+
+    async def create() -> None:
+        async with kube_bed.admin_client() as api:
+            await k8s.CoreV1Api(api).create_namespaced_pod(kube_namespace, pod_manifest(
+                "jupyter-hal",
+                [sys.executable, "-m", "http.server", "--bind", "$(POD_IP)", str(port)],
+                port=port,
+                env=[{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+            ))
+
+    runner.call(create)
+    rec = runner.wait_for_ready("jupyter-hal", 30)
+    assert http_get(f"http://{rec.ip}:{port}/").startswith(b"<!DOCTYPE")
+    pid = rec.pid
+    assert pid is not None
+    runner.stop()
+    assert not pid_alive(pid), "stopping the harness stops its processes"

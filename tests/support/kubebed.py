@@ -579,6 +579,24 @@ class KubeBed:
         """A new ApiClient authenticating with `token`; close it like admin_client()."""
         return k8s.ApiClient(self.token_configuration(token))
 
+    def create_namespace_sync(self, name: str, *, labels: dict[str, str] | None = None) -> None:
+        """create_namespace() for code without an event loop (sync tests, fixtures)."""
+        self._create_sync("/api/v1/namespaces", {"metadata": {"name": name, "labels": labels or {}}})
+        self._create_sync(f"/api/v1/namespaces/{name}/serviceaccounts", {"metadata": {"name": "default"}})
+
+    def service_account_token_sync(
+        self, namespace: str, sa: str, audiences: Sequence[str] | None = None, *, expiration_seconds: int = 3600
+    ) -> str:
+        """service_account_token() for code without an event loop."""
+        status, data = self._request(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
+            {"spec": {"audiences": list(audiences) if audiences else None, "expirationSeconds": expiration_seconds}},
+        )
+        if status not in (200, 201):
+            raise KubeBedError(f"TokenRequest for {namespace}/{sa} answered {status}: {data[:300]!r}")
+        return str(json.loads(data)["status"]["token"])
+
     async def create_namespace(self, name: str, *, labels: dict[str, str] | None = None) -> None:
         """Create namespace `name` and its `default` ServiceAccount (idempotent)."""
         async with self.admin_client() as api:

@@ -1160,6 +1160,72 @@ class KubeletHarness:
             log.warning("could not record event %s for %s: %s", reason, rec.name, exc.reason)
 
 
+class KubeletThread:
+    """Runs a :class:`KubeletHarness` in a thread with its own event loop.
+
+    For synchronous tests (a hub driven with ``requests``): there is no event loop
+    running between their statements, so the harness brings its own. Arguments are
+    those of KubeletHarness. ``harness.failures`` may be changed from the test's
+    thread (a dict assignment); anything else goes through :meth:`call`.
+    """
+
+    def __init__(self, kubeconfig: str | os.PathLike[str], namespace: str, **options: Any) -> None:
+        self._args = (kubeconfig, namespace)
+        self._options = options
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._harness: KubeletHarness | None = None
+
+    @property
+    def harness(self) -> KubeletHarness:
+        if self._harness is None:
+            raise RuntimeError("the kubelet thread is not started")
+        return self._harness
+
+    def start(self, timeout: float = 30.0) -> KubeletThread:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=loop.run_forever, name="kubelet-harness", daemon=True)
+        self._thread.start()
+        self._harness = self.call(lambda: KubeletHarness(*self._args, **self._options).start(), timeout)
+        return self
+
+    def call(self, make_coro: Callable[[], Any], timeout: float | None = 60.0) -> Any:
+        """Run the coroutine make_coro() returns in the harness' loop; return its result."""
+        if self._loop is None:
+            raise RuntimeError("the kubelet thread is not started")
+
+        async def run() -> Any:
+            return await make_coro()
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
+
+    def wait_for_ready(self, name: str, timeout: float = 60.0) -> RunningPod:
+        return self.call(lambda: self.harness.wait_for_ready(name, timeout), timeout + 5)  # type: ignore[no-any-return]
+
+    def wait_for_gone(self, name: str, timeout: float = 30.0) -> None:
+        self.call(lambda: self.harness.wait_for_gone(name, timeout), timeout + 5)
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            if self._harness is not None:
+                self.call(self._harness.stop, 60)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+            loop.close()
+            self._loop = self._thread = self._harness = None
+
+    def __enter__(self) -> KubeletThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def _waiting(reason: str, message: str | None = None) -> dict[str, Any]:
     w: dict[str, Any] = {"reason": reason}
     if message:

@@ -1,8 +1,9 @@
 """Jupyter Server settings of a Gen3 Workspace notebook: lets the Gen3 portal embed JupyterLab in a frame and shuts idle kernels, terminals and the server down.
 
-The image installs this file as /usr/local/etc/jupyter/jupyter_server_config.py. Jupyter
+The notebook image installs this file as /usr/local/etc/jupyter/jupyter_server_config.py. Jupyter
 loads that directory after /etc/jupyter, so these settings sit on top of the docker-stacks
-defaults in /etc/jupyter/jupyter_server_config.py without replacing that file.
+defaults in /etc/jupyter/jupyter_server_config.py without replacing that file. In the embedded
+mode the local spawner points JUPYTER_CONFIG_PATH at this folder, so both modes share it.
 
 Environment (set by the spawner; read when the server starts):
 
