@@ -231,3 +231,31 @@ def test_the_charts_jupyterhub_config_calls_apply(monkeypatch: pytest.MonkeyPatc
     exec(compile(code, "jupyterhub_config.py", "exec"), {"c": c})
     assert calls == [c]
     assert chartconfig.DEFAULT_CONFIG_PATH == "/usr/local/etc/gen3-workspace/config/config.yaml"
+
+
+def test_every_setting_the_chart_makes_is_a_real_trait(tmp_path: Path) -> None:
+    """A misspelled trait is silently ignored by traitlets; catch it here instead."""
+    from jupyterhub.app import JupyterHub
+    from jupyterhub.crypto import CryptKeeper
+    from jupyterhub.proxy import ConfigurableHTTPProxy
+
+    from gen3workspace.hub.auth import Gen3OAuthenticator
+    from gen3workspace.spawner.kube import Gen3KubeSpawner
+
+    classes = {
+        "JupyterHub": JupyterHub,
+        "ConfigurableHTTPProxy": ConfigurableHTTPProxy,
+        "CryptKeeper": CryptKeeper,
+        "Gen3OAuthenticator": Gen3OAuthenticator,
+        "Authenticator": Gen3OAuthenticator,
+        "Gen3KubeSpawner": Gen3KubeSpawner,
+        "KubeSpawner": Gen3KubeSpawner,
+        "Spawner": Gen3KubeSpawner,
+    }
+    for values in ("defaults.yaml", "external-db.yaml", "egress-off.yaml", "gpu-flavor.yaml"):
+        c = _apply(tmp_path, values)
+        for section, settings in c.items():
+            assert section in classes, f"unexpected config section {section}"
+            traits = classes[section].class_traits(config=True)
+            unknown = sorted(set(settings) - set(traits))
+            assert not unknown, f"{values}: {section} has no trait(s) {unknown}"
