@@ -19,7 +19,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
 from tests.support.kube_fixtures import *  # noqa: F403 - the kube_bed/kubelet fixtures
-from tests.support.kubebed import KubeBed
+from tests.support.kubebed import KubeBed, k8s_body
 from tests.support.kubelet import FAILURE_ANNOTATION, KubeletHarness
 
 pytestmark = pytest.mark.k8s
@@ -43,7 +43,7 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 
 async def read_pod(v1: k8s.CoreV1Api, ns: str, name: str) -> dict[str, Any] | None:
     # Raw JSON, the shape KubeSpawner's reflector works with. Unpreloaded responses
     # do not raise on errors, hence the status check.
-    resp = await v1.read_namespaced_pod(name, ns, _preload_content=False)
+    resp: Any = await v1.read_namespaced_pod(name, ns, _preload_content=False)
     body = await resp.read()
     if resp.status == 404:
         return None
@@ -100,7 +100,7 @@ def pod_manifest(
 ) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": "notebook",
-        "image": "quay.io/example/notebook:test",
+        "image": "images.example.test/notebook:test",
         # As KubeSpawner does it: the whole command in args, no command.
         "args": argv,
         "env": env or [],
@@ -144,7 +144,9 @@ async def test_apiserver_answers_through_the_admin_kubeconfig(kube_bed: KubeBed)
         assert version.major == "1" and int(version.minor.rstrip("+")) >= 33, version
         names = {ns.metadata.name for ns in (await k8s.CoreV1Api(api).list_namespace()).items}
         assert {"default", "kube-system"} <= names
-        who = await k8s.AuthenticationV1Api(api).create_self_subject_review({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        who = await k8s.AuthenticationV1Api(api).create_self_subject_review(
+            k8s_body({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        )
         assert who.status.user_info.username == "admin"
         assert "system:masters" in who.status.user_info.groups
 
@@ -164,16 +166,16 @@ async def test_rbac_limits_a_service_account_to_its_role(kube_bed: KubeBed) -> N
     await kube_bed.create_service_account(ns_a, "reader")
     async with kube_bed.admin_client() as api:
         rbac, v1 = k8s.RbacAuthorizationV1Api(api), k8s.CoreV1Api(api)
-        await rbac.create_namespaced_role(ns_a, {
+        await rbac.create_namespaced_role(ns_a, k8s_body({
             "metadata": {"name": "pod-reader"},
             "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}],
-        })
-        await rbac.create_namespaced_role_binding(ns_a, {
+        }))
+        await rbac.create_namespaced_role_binding(ns_a, k8s_body({
             "metadata": {"name": "reader-reads-pods"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
             "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns_a}],
-        })
-        await v1.create_namespaced_secret(ns_b, {"metadata": {"name": "other"}, "stringData": {"k": "v"}})
+        }))
+        await v1.create_namespaced_secret(ns_b, k8s_body({"metadata": {"name": "other"}, "stringData": {"k": "v"}}))
         # The admin can see the secret, so a 403 below is RBAC and not a missing object.
         assert [s.metadata.name for s in (await v1.list_namespaced_secret(ns_b)).items] == ["other"]
 
@@ -207,10 +209,10 @@ async def test_token_request_sets_subject_and_audience(kube_bed: KubeBed, kube_n
     assert claims["sub"] == f"system:serviceaccount:{kube_namespace}:default"
     async with kube_bed.admin_client() as api:
         auth = k8s.AuthenticationV1Api(api)
-        review = await auth.create_token_review({"spec": {"token": token, "audiences": ["gen3-test"]}})
+        review = await auth.create_token_review(k8s_body({"spec": {"token": token, "audiences": ["gen3-test"]}}))
         assert review.status.authenticated, review.status.error
         # The same token is no good for the apiserver's own audience.
-        review = await auth.create_token_review({"spec": {"token": token}})
+        review = await auth.create_token_review(k8s_body({"spec": {"token": token}}))
         assert not review.status.authenticated
 
 
@@ -224,12 +226,14 @@ async def test_harness_runs_a_pod_and_deleting_it_stops_the_process(
     kubelet.pvc_dir("claim-alice").joinpath("marker.txt").write_text("on the drive\n")
     async with kube_bed.admin_client() as api:
         v1 = k8s.CoreV1Api(api)
-        await v1.create_namespaced_persistent_volume_claim(ns, {
+        await v1.create_namespaced_persistent_volume_claim(ns, k8s_body({
             "metadata": {"name": "claim-alice"},
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-        })
-        await v1.create_namespaced_secret(ns, {"metadata": {"name": "creds"}, "stringData": {"api-key": "s3cret"}})
-        await v1.create_namespaced_pod(ns, pod_manifest(
+        }))
+        await v1.create_namespaced_secret(
+            ns, k8s_body({"metadata": {"name": "creds"}, "stringData": {"api-key": "s3cret"}})
+        )
+        await v1.create_namespaced_pod(ns, k8s_body(pod_manifest(
             "jupyter-alice",
             [sys.executable, "-m", "http.server", "--bind", "$(POD_IP)", str(port)],
             port=port,
@@ -243,7 +247,7 @@ async def test_harness_runs_a_pod_and_deleting_it_stops_the_process(
                 {"name": "creds", "mountPath": "/home/jovyan/.gen3", "readOnly": True},
             ],
             working_dir="/home/jovyan",
-        ))
+        )))
 
         async def ready_pod() -> dict[str, Any] | None:
             pod = await read_pod(v1, ns, "jupyter-alice")
@@ -300,12 +304,12 @@ async def test_env_is_resolved_and_paths_are_mapped(
     )
     async with kube_bed.admin_client() as api:
         v1 = k8s.CoreV1Api(api)
-        await v1.create_namespaced_secret(ns, {"metadata": {"name": "s"}, "stringData": {"token": "t0k"}})
-        await v1.create_namespaced_config_map(ns, {"metadata": {"name": "c"}, "data": {"FLAVOR": "small"}})
-        await v1.create_namespaced_persistent_volume_claim(ns, {
+        await v1.create_namespaced_secret(ns, k8s_body({"metadata": {"name": "s"}, "stringData": {"token": "t0k"}}))
+        await v1.create_namespaced_config_map(ns, k8s_body({"metadata": {"name": "c"}, "data": {"FLAVOR": "small"}}))
+        await v1.create_namespaced_persistent_volume_claim(ns, k8s_body({
             "metadata": {"name": "claim-bob"},
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
-        })
+        }))
         manifest = pod_manifest(
             "jupyter-bob",
             [sys.executable, "-c", script, "0.0.0.0", "$(JUPYTER_PORT)"],
@@ -325,7 +329,7 @@ async def test_env_is_resolved_and_paths_are_mapped(
             working_dir="/home/jovyan/work",
         )
         manifest["spec"]["containers"][0]["envFrom"] = [{"configMapRef": {"name": "c"}, "prefix": "CM_"}]
-        await v1.create_namespaced_pod(ns, manifest)
+        await v1.create_namespaced_pod(ns, k8s_body(manifest))
         rec = await kubelet.wait_for_ready("jupyter-bob", 30)
 
     dumped = json.loads(http_get(f"http://{rec.ip}:{port}/env.json"))
@@ -348,10 +352,10 @@ async def test_image_pull_error_is_reported_with_a_warning_event(
     ns = kube_namespace
     async with kube_bed.admin_client() as api:
         v1 = k8s.CoreV1Api(api)
-        await v1.create_namespaced_pod(ns, pod_manifest(
+        await v1.create_namespaced_pod(ns, k8s_body(pod_manifest(
             "jupyter-carol", [sys.executable, "-m", "http.server"], port=8888,
             annotations={FAILURE_ANNOTATION: "image_pull_error"},
-        ))
+        )))
 
         async def pull_failed() -> Any:
             events = (await v1.list_namespaced_event(ns, field_selector="involvedObject.kind=Pod")).items
@@ -360,13 +364,14 @@ async def test_image_pull_error_is_reported_with_a_warning_event(
 
         (event,) = await eventually(pull_failed, 15, "the image pull Warning event")
         assert event.involved_object.name == "jupyter-carol"
-        assert "quay.io/example/notebook:test" in event.message
+        assert "images.example.test/notebook:test" in event.message
 
         async def waiting_reason() -> str | None:
             pod = await read_pod(v1, ns, "jupyter-carol")
             if not pod or not pod["status"].get("containerStatuses"):
                 return None
-            return pod["status"]["containerStatuses"][0]["state"].get("waiting", {}).get("reason")
+            reason = pod["status"]["containerStatuses"][0]["state"].get("waiting", {}).get("reason")
+            return str(reason) if reason else None
 
         assert await eventually(waiting_reason, 10, "a waiting reason") in ("ErrImagePull", "ImagePullBackOff")
         pod = await read_pod(v1, ns, "jupyter-carol")
@@ -385,7 +390,8 @@ async def test_simulated_crash_counts_restarts(
     kubelet.failures["jupyter-dave"] = "crash"
     async with kube_bed.admin_client() as api:
         v1 = k8s.CoreV1Api(api)
-        await v1.create_namespaced_pod(ns, pod_manifest("jupyter-dave", [sys.executable, "-m", "http.server"], port=8888))
+        manifest = pod_manifest("jupyter-dave", [sys.executable, "-m", "http.server"], port=8888)
+        await v1.create_namespaced_pod(ns, k8s_body(manifest))
 
         async def restarted() -> dict[str, Any] | None:
             pod = await read_pod(v1, ns, "jupyter-dave")
@@ -404,10 +410,10 @@ async def test_a_process_that_exits_ends_the_pod_per_restart_policy(
     ns = kube_namespace
     async with kube_bed.admin_client() as api:
         v1 = k8s.CoreV1Api(api)
-        await v1.create_namespaced_pod(ns, pod_manifest(
+        await v1.create_namespaced_pod(ns, k8s_body(pod_manifest(
             "jupyter-erin", [sys.executable, "-c", "import sys; sys.exit(3)"], port=8888,
             restart_policy="Never",
-        ))
+        )))
 
         async def failed() -> dict[str, Any] | None:
             pod = await read_pod(v1, ns, "jupyter-erin")
@@ -425,12 +431,12 @@ async def test_never_ready_keeps_a_listening_pod_unready(
     kubelet.failures["jupyter-fay"] = "never_ready"
     async with kube_bed.admin_client() as api:
         v1 = k8s.CoreV1Api(api)
-        await v1.create_namespaced_pod(ns, pod_manifest(
+        await v1.create_namespaced_pod(ns, k8s_body(pod_manifest(
             "jupyter-fay",
             [sys.executable, "-m", "http.server", "--bind", "$(POD_IP)", str(port)],
             port=port,
             env=[{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
-        ))
+        )))
 
         async def listening() -> str | None:
             rec = kubelet.pods.get("jupyter-fay")
@@ -452,9 +458,9 @@ async def test_pods_outside_the_selector_are_left_alone(
         v1 = k8s.CoreV1Api(api)
         other = pod_manifest("not-a-notebook", [sys.executable, "-m", "http.server"], port=8888)
         other["metadata"]["labels"] = {"component": "something-else"}
-        await v1.create_namespaced_pod(ns, other)
+        await v1.create_namespaced_pod(ns, k8s_body(other))
         mine = pod_manifest("jupyter-gus", [sys.executable, "-c", "import time; time.sleep(60)"])
-        await v1.create_namespaced_pod(ns, mine)
+        await v1.create_namespaced_pod(ns, k8s_body(mine))
         await kubelet.wait_for_ready("jupyter-gus", 20)
         pod = await read_pod(v1, ns, "not-a-notebook")
         assert pod is not None and pod["status"]["phase"] == "Pending"
@@ -470,12 +476,12 @@ def test_the_harness_also_runs_in_a_thread_for_sync_tests(
 
     async def create() -> None:
         async with kube_bed.admin_client() as api:
-            await k8s.CoreV1Api(api).create_namespaced_pod(kube_namespace, pod_manifest(
+            await k8s.CoreV1Api(api).create_namespaced_pod(kube_namespace, k8s_body(pod_manifest(
                 "jupyter-hal",
                 [sys.executable, "-m", "http.server", "--bind", "$(POD_IP)", str(port)],
                 port=port,
                 env=[{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
-            ))
+            )))
 
     runner.call(create)
     rec = runner.wait_for_ready("jupyter-hal", 30)
@@ -484,3 +490,58 @@ def test_the_harness_also_runs_in_a_thread_for_sync_tests(
     assert pid is not None
     runner.stop()
     assert not pid_alive(pid), "stopping the harness stops its processes"
+
+
+async def test_a_killed_server_is_restarted_per_restart_policy(
+    kube_bed: KubeBed, kube_namespace: str, kubelet: KubeletHarness
+) -> None:
+    ns, port = kube_namespace, free_port()
+    async with kube_bed.admin_client() as api:
+        v1 = k8s.CoreV1Api(api)
+        await v1.create_namespaced_pod(ns, k8s_body(pod_manifest(
+            "jupyter-ivy",
+            [sys.executable, "-m", "http.server", "--bind", "$(POD_IP)", str(port)],
+            port=port,
+            env=[{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        )))
+        first = (await kubelet.wait_for_ready("jupyter-ivy", 30)).pid
+        assert first is not None
+        kubelet.kill_container("jupyter-ivy")
+
+        async def ready_again() -> dict[str, Any] | None:
+            pod = await read_pod(v1, ns, "jupyter-ivy")
+            cs = ((pod or {}).get("status", {}).get("containerStatuses") or [{}])[0]
+            return cs if cs.get("restartCount") == 1 and cs.get("ready") else None
+
+        cs = await eventually(ready_again, 20, "the restarted server to be ready")
+        assert cs["lastState"]["terminated"]["exitCode"] == 128 + 9  # SIGKILL, as a runtime reports it
+        second = kubelet.pods["jupyter-ivy"].pid
+        assert second is not None and second != first and not pid_alive(first)
+
+
+async def test_a_missing_claim_keeps_the_pod_unscheduled_until_it_exists(
+    kube_bed: KubeBed, kube_namespace: str, kubelet: KubeletHarness
+) -> None:
+    ns = kube_namespace
+    async with kube_bed.admin_client() as api:
+        v1 = k8s.CoreV1Api(api)
+        await v1.create_namespaced_pod(ns, k8s_body(pod_manifest(
+            "jupyter-jo", [sys.executable, "-c", "import time; time.sleep(60)"],
+            volumes=[{"name": "home", "persistentVolumeClaim": {"claimName": "claim-jo"}}],
+            mounts=[{"name": "home", "mountPath": "/home/jovyan"}],
+        )))
+
+        async def unschedulable() -> Any:
+            events = (await v1.list_namespaced_event(ns)).items
+            return [e for e in events if e.reason == "FailedScheduling" and "claim-jo" in e.message]
+
+        await eventually(unschedulable, 10, "a FailedScheduling event")
+        pod = await read_pod(v1, ns, "jupyter-jo")
+        assert pod is not None and not pod["spec"].get("nodeName") and pod["status"]["phase"] == "Pending"
+
+        await v1.create_namespaced_persistent_volume_claim(ns, k8s_body({
+            "metadata": {"name": "claim-jo"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        }))
+        rec = await kubelet.wait_for_ready("jupyter-jo", 20)
+        assert rec.cwd == kubelet.pvc_dir("claim-jo")

@@ -57,7 +57,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio import watch as k8s_watch
+
+from tests.support.kubebed import k8s_body, set_pdeathsig
 
 log = logging.getLogger("tests.kubelet")
 
@@ -74,7 +77,7 @@ MAX_BACKOFF = 10.0
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- pod IPs ---------------------------------------------------------------------------
@@ -188,12 +191,13 @@ class RunningPod:
     port: int | None = None
     process: asyncio.subprocess.Process | None = None
     restart_count: int = 0
+    started_at: str | None = None
+    last_state: dict[str, Any] = field(default_factory=dict)
     ready: bool = False
     phase: str = "Pending"
     log_path: Path | None = None
     deleting: bool = False
     gone: asyncio.Event = field(default_factory=asyncio.Event)
-    ready_event: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     _transitions: dict[str, tuple[str, str]] = field(default_factory=dict)
     _nested_links: list[Path] = field(default_factory=list)
@@ -208,14 +212,13 @@ class RunningPod:
         The longest mount path that contains `path` wins, as with nested mounts.
         Paths outside every mount are returned unchanged.
         """
-        best: Mount | None = None
-        for m in self.mounts:
-            mp = m.mount_path.rstrip("/") or "/"
-            if path == mp or path.startswith(mp + "/") or mp == "/":
-                if best is None or len(mp) > len(best.mount_path.rstrip("/")):
-                    best = m
-        if best is None:
+        def covers(mount_path: str) -> bool:
+            return mount_path == "" or path == mount_path or path.startswith(mount_path + "/")
+
+        covering = [m for m in self.mounts if covers(m.mount_path.rstrip("/"))]
+        if not covering:
             return path
+        best = max(covering, key=lambda m: len(m.mount_path.rstrip("/")))
         rest = path[len(best.mount_path.rstrip("/")):].lstrip("/")
         return str(best.local_path / rest) if rest else str(best.local_path)
 
@@ -235,8 +238,15 @@ class RunningPod:
     def main_container(self) -> dict[str, Any]:
         return main_container(self.spec)
 
+    def logs(self) -> str:
+        """What the container process has printed so far (stdout and stderr)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
 
 def main_container(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The container the harness runs: KubeSpawner names its own "notebook"."""
     containers: list[dict[str, Any]] = list(spec.get("containers") or [])
     for c in containers:
         if c.get("name") == "notebook":
@@ -303,14 +313,11 @@ class KubeletHarness:
         self._v1: k8s.CoreV1Api | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._pod_tasks: set[asyncio.Task[None]] = set()
-        self._started = asyncio.Event()
         self._ca_pem: bytes | None = None
 
     # lifecycle
 
     async def start(self) -> KubeletHarness:
-        from kubernetes_asyncio import config as k8s_config
-
         cfg = k8s.Configuration()
         await k8s_config.load_kube_config(
             config_file=str(self.kubeconfig), client_configuration=cfg, persist_config=False
@@ -368,6 +375,16 @@ class KubeletHarness:
 
     def pod(self, name: str) -> RunningPod:
         return self.pods[name]
+
+    def kill_container(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Make pod `name`'s running process die now, as a crash of a running server would.
+
+        What follows is the pod's restartPolicy, as with any exit.
+        """
+        rec = self.pods[name]
+        if rec.pid is None:
+            raise RuntimeError(f"pod {name} has no running process")
+        os.killpg(rec.pid, sig)
 
     async def wait_for_ready(self, name: str, timeout: float = 60.0) -> RunningPod:
         """Wait until the harness has reported pod `name` Ready."""
@@ -491,7 +508,7 @@ class KubeletHarness:
             },
         }
         try:
-            await self.v1.create_node(node)
+            await self.v1.create_node(k8s_body(node))
         except k8s.ApiException as exc:
             if exc.status != 409:
                 raise
@@ -509,20 +526,34 @@ class KubeletHarness:
             "capacity": {"cpu": str(os.cpu_count() or 1), "memory": "64Gi", "pods": "250"},
             "allocatable": {"cpu": str(os.cpu_count() or 1), "memory": "64Gi", "pods": "250"},
         }
-        await self.v1.patch_node_status(self.node_name, [{"op": "add", "path": "/status", "value": status}])
+        await self.v1.patch_node_status(self.node_name, k8s_body([{"op": "add", "path": "/status", "value": status}]))
 
     # one pod's life
 
     async def _run_pod(self, rec: RunningPod) -> None:
+        try:
+            await self._pod_lifecycle(rec)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Said on the pod too, where a test that only watches the pod (or
+            # KubeSpawner's progress) sees it, not only in the log.
+            log.exception("test kubelet failed to run pod %s/%s", rec.namespace, rec.name)
+            with contextlib.suppress(Exception):
+                await self._event(rec, "Warning", "KubeletHarnessError", f"{type(exc).__name__}: {exc}")
+
+    async def _pod_lifecycle(self, rec: RunningPod) -> None:
         rec.dir.mkdir(parents=True, exist_ok=True)
         rec.log_path = rec.dir / "container.log"
         rec.failure = self._failure_for(rec)
         container = rec.main_container
+        await self._wait_for_claims(rec)
         await self._bind(rec)
         rec.port = _container_port(container)
         rec.ip = allocate_pod_ip(rec.port)
         await self._event(rec, "Normal", "Scheduled",
-                          f"Successfully assigned {rec.namespace}/{rec.name} to {self.node_name}")
+                          f"Successfully assigned {rec.namespace}/{rec.name} to {self.node_name}",
+                          component="default-scheduler")
 
         # Volumes first, as the kubelet does: a missing Secret keeps the pod in
         # ContainerCreating with FailedMount events until it appears.
@@ -550,6 +581,7 @@ class KubeletHarness:
         while True:
             if rec.failure == "crash":
                 exit_code, reason = 1, "Error"
+                rec.started_at = _now()
                 await self._event(rec, "Normal", "Created", f"Created container {container['name']}")
                 await self._event(rec, "Normal", "Started", f"Started container {container['name']}")
                 message: str | None = "simulated crash (test kubelet harness)"
@@ -559,7 +591,7 @@ class KubeletHarness:
                 except EnvError as exc:
                     await self._event(rec, "Warning", "Failed", f"Error: {exc}")
                     await self._set_status(
-                        rec, phase="Pending",
+                        rec, phase="Pending" if rec.restart_count == 0 else "Running",
                         state=_waiting("CreateContainerConfigError", str(exc)),
                         ready=False, started=False,
                     )
@@ -570,7 +602,7 @@ class KubeletHarness:
                 message = None
             # The container has ended by itself (or was made to crash).
             terminated = {"terminated": {
-                "exitCode": exit_code, "reason": reason, "startedAt": _now(), "finishedAt": _now(),
+                "exitCode": exit_code, "reason": reason, "startedAt": rec.started_at or _now(), "finishedAt": _now(),
                 **({"message": message} if message else {}),
             }}
             policy = rec.spec.get("restartPolicy", "Always")
@@ -579,17 +611,17 @@ class KubeletHarness:
                                        state=terminated, ready=False, started=False)
                 return
             await self._set_status(rec, phase="Running", state=terminated, ready=False, started=False)
-            if message:
-                await self._event(rec, "Warning", "BackOff",
-                                  f"Back-off restarting failed container {container['name']} "
-                                  f"in pod {rec.name}")
+            # Kept as lastState from now on, also once the container runs again.
+            rec.last_state = terminated
+            await self._event(rec, "Warning", "BackOff",
+                              f"Back-off restarting failed container {container['name']} in pod {rec.name}")
             await asyncio.sleep(backoff)
             rec.restart_count += 1
             await self._set_status(
                 rec, phase="Running",
                 state=_waiting("CrashLoopBackOff",
                                f"back-off {backoff:g}s restarting failed container={container['name']}"),
-                last_state=terminated, ready=False, started=False,
+                ready=False, started=False,
             )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
@@ -600,7 +632,27 @@ class KubeletHarness:
             return None
         if value not in FAILURES:
             raise ValueError(f"unknown simulated failure {value!r} for pod {rec.name}; use one of {FAILURES}")
-        return value  # type: ignore[return-value]
+        return value
+
+    async def _wait_for_claims(self, rec: RunningPod) -> None:
+        # The scheduler's check: a pod whose PVC does not exist stays Pending and
+        # unscheduled, with a FailedScheduling event saying which claim is missing.
+        warned: set[str] = set()
+        for vol in rec.spec.get("volumes") or []:
+            claim = (vol.get("persistentVolumeClaim") or {}).get("claimName")
+            while claim:
+                try:
+                    await self.v1.read_namespaced_persistent_volume_claim(claim, rec.namespace)
+                    break
+                except k8s.ApiException as exc:
+                    if exc.status != 404:
+                        raise
+                if claim not in warned:
+                    warned.add(claim)
+                    await self._event(rec, "Warning", "FailedScheduling",
+                                      f'0/1 nodes are available: persistentvolumeclaim "{claim}" not found.',
+                                      component="default-scheduler")
+                await asyncio.sleep(0.5)
 
     async def _bind(self, rec: RunningPod) -> None:
         # What the scheduler would do. Bound pods get graceful deletion, which is what
@@ -614,7 +666,9 @@ class KubeletHarness:
         }
         # Unpreloaded: the client cannot deserialize the Status this call answers with.
         # Such responses do not raise, so the status is checked here.
-        resp = await self.v1.create_namespaced_pod_binding(rec.name, rec.namespace, body, _preload_content=False)
+        resp: Any = await self.v1.create_namespaced_pod_binding(
+            rec.name, rec.namespace, k8s_body(body), _preload_content=False
+        )
         text = await resp.text()
         if resp.status not in (200, 201, 404, 409):  # 404/409: deleted or bound meanwhile
             raise RuntimeError(f"binding pod {rec.namespace}/{rec.name} failed: {resp.status} {text[:300]}")
@@ -654,6 +708,9 @@ class KubeletHarness:
                     # Its own process group, so stopping it by its PID also stops what it
                     # started (kernels, terminals) and nothing else.
                     start_new_session=True,
+                    # Dies with the thread running this loop (which outlives the harness)
+                    # even if pytest is killed without tearing down.
+                    preexec_fn=set_pdeathsig,
                 )
             except OSError as exc:
                 # What a runtime reports when the executable is not in the image.
@@ -662,7 +719,8 @@ class KubeletHarness:
                 return 128
         await self._event(rec, "Normal", "Created", f"Created container {container['name']}")
         await self._event(rec, "Normal", "Started", f"Started container {container['name']}")
-        await self._set_status(rec, phase="Running", state=_running(), ready=False, started=True)
+        rec.started_at = _now()
+        await self._set_status(rec, phase="Running", state=_running(rec.started_at), ready=False, started=True)
         proc = rec.process
         wait_exit = asyncio.ensure_future(proc.wait())
         try:
@@ -670,8 +728,9 @@ class KubeletHarness:
                 while not wait_exit.done():
                     if await _port_open(rec.ip, rec.port):
                         rec.ready = True
-                        await self._set_status(rec, phase="Running", state=_running(), ready=True, started=True)
-                        rec.ready_event.set()
+                        await self._set_status(
+                            rec, phase="Running", state=_running(rec.started_at), ready=True, started=True
+                        )
                         break
                     await asyncio.wait([wait_exit], timeout=0.2)
             code = await wait_exit
@@ -679,7 +738,6 @@ class KubeletHarness:
             if not wait_exit.done():
                 wait_exit.cancel()
         rec.ready = False
-        rec.ready_event.clear()
         with open(rec.log_path, "ab") as logf:
             logf.write(f"--- {_now()} exited with {code}\n".encode())
         # A negative return code is a signal; containers report 128 + signal number.
@@ -702,7 +760,7 @@ class KubeletHarness:
             try:
                 await self.v1.delete_namespaced_pod(
                     rec.name, rec.namespace,
-                    body={"gracePeriodSeconds": 0, "preconditions": {"uid": rec.uid}},
+                    body=k8s_body({"gracePeriodSeconds": 0, "preconditions": {"uid": rec.uid}}),
                     grace_period_seconds=0,
                 )
             except k8s.ApiException as exc:
@@ -728,7 +786,7 @@ class KubeletHarness:
             os.killpg(pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), grace)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
             await proc.wait()
@@ -771,14 +829,8 @@ class KubeletHarness:
         for vol in rec.spec.get("volumes") or []:
             name = vol["name"]
             if "persistentVolumeClaim" in vol:
-                claim = vol["persistentVolumeClaim"]["claimName"]
-                try:
-                    await self.v1.read_namespaced_persistent_volume_claim(claim, rec.namespace)
-                except k8s.ApiException as exc:
-                    if exc.status == 404:
-                        raise EnvError(f'persistentvolumeclaim "{claim}" not found') from exc
-                    raise
-                volumes[name] = self.pvc_dir(claim, rec.namespace)
+                # Its existence was checked before scheduling (_wait_for_claims).
+                volumes[name] = self.pvc_dir(vol["persistentVolumeClaim"]["claimName"], rec.namespace)
                 continue
             if "hostPath" in vol:
                 volumes[name] = Path(vol["hostPath"]["path"])
@@ -840,7 +892,9 @@ class KubeletHarness:
         path.write_bytes(data)
         path.chmod(mode if mode is not None else 0o644)
 
-    def _write_keys(self, folder: Path, data: Mapping[str, bytes], src: Mapping[str, Any], kind: str, name: str) -> None:
+    def _write_keys(
+        self, folder: Path, data: Mapping[str, bytes], src: Mapping[str, Any], kind: str, name: str
+    ) -> None:
         items = src.get("items")
         mode = src.get("defaultMode")
         if items:
@@ -909,7 +963,7 @@ class KubeletHarness:
                     "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": rec.name, "uid": rec.uid},
                 }}
                 sa = rec.spec.get("serviceAccountName") or "default"
-                resp = await self.v1.create_namespaced_service_account_token(sa, rec.namespace, body)
+                resp = await self.v1.create_namespaced_service_account_token(sa, rec.namespace, k8s_body(body))
                 self._write_item(folder, sat["path"], resp.status.token.encode(), mode)
 
     def _field_ref(self, rec: RunningPod, item: Mapping[str, Any]) -> str:
@@ -1050,7 +1104,6 @@ class KubeletHarness:
         state: dict[str, Any],
         ready: bool,
         started: bool,
-        last_state: dict[str, Any] | None = None,
     ) -> None:
         rec.phase = phase
         now = _now()
@@ -1074,7 +1127,7 @@ class KubeletHarness:
                 s: dict[str, Any] = {
                     "name": c["name"], "image": image, "imageID": f"kubebed://{image}",
                     "ready": ready, "started": started, "restartCount": rec.restart_count,
-                    "state": state, "lastState": last_state or {},
+                    "state": state, "lastState": rec.last_state,
                 }
                 if rec.pid is not None:
                     s["containerID"] = f"kubebed://{rec.pid}"
@@ -1136,7 +1189,9 @@ class KubeletHarness:
             return None  # a new pod under the same name
         return pod
 
-    async def _event(self, rec: RunningPod, kind: str, reason: str, message: str) -> None:
+    async def _event(
+        self, rec: RunningPod, kind: str, reason: str, message: str, *, component: str = "kubelet"
+    ) -> None:
         now = _now()
         body = {
             "metadata": {"name": f"{rec.name}.{uuid.uuid4().hex[:16]}", "namespace": rec.namespace},
@@ -1147,15 +1202,15 @@ class KubeletHarness:
             "reason": reason,
             "message": message,
             "type": kind,
-            "source": {"component": "kubelet", "host": self.node_name},
-            "reportingComponent": "kubelet",
+            "source": {"component": component, "host": self.node_name},
+            "reportingComponent": component,
             "reportingInstance": self.node_name,
             "firstTimestamp": now,
             "lastTimestamp": now,
             "count": 1,
         }
         try:
-            await self.v1.create_namespaced_event(rec.namespace, body)
+            await self.v1.create_namespaced_event(rec.namespace, k8s_body(body))
         except k8s.ApiException as exc:
             log.warning("could not record event %s for %s: %s", reason, rec.name, exc.reason)
 
@@ -1233,8 +1288,8 @@ def _waiting(reason: str, message: str | None = None) -> dict[str, Any]:
     return {"waiting": w}
 
 
-def _running() -> dict[str, Any]:
-    return {"running": {"startedAt": _now()}}
+def _running(started_at: str | None = None) -> dict[str, Any]:
+    return {"running": {"startedAt": started_at or _now()}}
 
 
 def _container_port(container: Mapping[str, Any]) -> int | None:
@@ -1263,7 +1318,7 @@ async def _port_open(ip: str, port: int | None) -> bool:
         return True  # nothing to probe: running counts as ready, as without a readinessProbe
     try:
         _reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 1.0)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     with contextlib.suppress(OSError):
