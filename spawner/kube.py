@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import Any, AsyncIterator
 
@@ -15,12 +16,14 @@ from kubernetes_asyncio.client import (
 )
 from kubernetes_asyncio.client.rest import ApiException
 from kubespawner import KubeSpawner
-from traitlets import Unicode, default
+from traitlets import Float, Integer, Unicode, default
 
-from .common import Gen3SpawnerMixin
+from .common import FlavorError, Gen3SpawnerMixin
 from .flavors import parse_quantity
 
 DRIVE_VOLUME = "gen3-drive"
+# Waiting reasons after which a pod will not start without someone changing the flavor.
+IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 CREDENTIALS_VOLUME = "gen3-credentials"
 
 
@@ -42,6 +45,16 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
         "/home/jovyan",
         config=True,
         help="Where the drive is mounted in the user's server; by default it is their home folder.",
+    )
+    fatal_error_poll_seconds = Float(
+        1.0,
+        config=True,
+        help="How often a starting pod is checked for errors it cannot recover from (image pull errors, crash loops).",
+    )
+    crash_restarts_before_failing = Integer(
+        2,
+        config=True,
+        help="A starting server that has crashed and been restarted this many times fails the spawn with a readable message.",
     )
     credentials_secret_template = Unicode(
         "gen3-credentials-{username}",
@@ -222,12 +235,48 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
             except Exception:
                 await self.revoke_api_key()
                 raise
+        # KubeSpawner loads user options again; applying the same flavor twice is harmless.
+        start = asyncio.ensure_future(super()._start())
+        watchdog = asyncio.ensure_future(self._fatal_pod_error())
         try:
-            # KubeSpawner loads user options again; applying the same flavor twice is harmless.
-            return await super()._start()
-        except Exception:
+            done, _ = await asyncio.wait({start, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+            if start in done:
+                return start.result()
+            # KubeSpawner would wait out start_timeout on a pod that can never start.
+            start.cancel()
+            message = watchdog.result()
+            self.log.error("Spawn of %s for %s failed: %s", self.pod_name, self.user.name, message)
+            raise FlavorError(500, message)
+        except BaseException:
             await self._cleanup_credentials()
             raise
+        finally:
+            watchdog.cancel()
+
+    async def _fatal_pod_error(self) -> str:
+        """Wait until the pod shows it can never start (bad image, crash loop) and say why."""
+        flavor = self.flavor.display_name if self.flavor else "this flavor"
+        while True:
+            await asyncio.sleep(self.fatal_error_poll_seconds)
+            # The reflector appears once KubeSpawner starts watching; until then there is no pod.
+            reflector = self.pod_reflector
+            pod = reflector.pods.get(f"{self.namespace}/{self.pod_name}") if reflector else None
+            if not pod:
+                continue
+            for status in (pod.get("status") or {}).get("containerStatuses") or []:
+                waiting = (status.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") in IMAGE_ERRORS:
+                    return (
+                        f"The image of {flavor} ({status.get('image') or self.image}) could not be pulled: "
+                        f"{waiting.get('reason')}: {waiting.get('message') or 'no details'}. "
+                        "Ask the workspace administrators to check the flavor's image."
+                    )
+                terminated = (status.get("lastState") or {}).get("terminated") or (status.get("state") or {}).get("terminated")
+                if terminated and (status.get("restartCount") or 0) >= self.crash_restarts_before_failing:
+                    return (
+                        f"Your {flavor} server keeps crashing on start (exit code {terminated.get('exitCode')}, "
+                        f"{terminated.get('reason') or 'no reason given'}). Try another flavor, or ask the administrators."
+                    )
 
     async def _cleanup_credentials(self) -> None:
         had_key = bool(self._api_key_id)

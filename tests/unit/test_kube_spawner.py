@@ -13,7 +13,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import kubernetes_validate
@@ -23,6 +22,7 @@ from tornado import web
 
 from gen3workspace.spawner.flavors import default_catalogue_path, load_catalogue
 from gen3workspace.spawner.kube import Gen3KubeSpawner
+from tests.support.fakes import FakeUser, fake_hub
 from tests.support.fence import FenceStandIn
 
 K8S_VERSIONS = ["1.30", "1.35"]
@@ -36,28 +36,6 @@ users: [{name: none, user: {token: none}}]
 contexts: [{name: none, context: {cluster: none, user: none, namespace: gen3}}]
 current-context: none
 """
-
-
-class FakeGroup:
-    def __init__(self, name: str):
-        self.name = name
-
-
-class FakeUser:
-    """What a spawner reads of JupyterHub's User."""
-
-    def __init__(self, name: str, groups: list[str] = (), auth_state: dict[str, Any] | None = None):
-        self.name = name
-        self.id = 7
-        self.url = f"/user/{name}/"
-        self.groups = [FakeGroup(g) for g in groups]
-        self.auth_state = auth_state or {"oauth_user": {"authz": {}}}
-
-    async def get_auth_state(self) -> dict[str, Any]:
-        return self.auth_state
-
-    async def save_auth_state(self, state: dict[str, Any]) -> None:
-        self.auth_state = state
 
 
 class RecordingApi:
@@ -90,8 +68,7 @@ def kubeconfig(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
 
 
 def make_spawner(user: FakeUser, authenticator: Any = None, **traits: Any) -> Gen3KubeSpawner:
-    hub = SimpleNamespace(public_host="", url="http://hub:8081/hub/", base_url="/hub/", api_url="http://hub:8081/hub/api")
-    spawner = Gen3KubeSpawner(_mock=True, user=user, hub=hub, authenticator=authenticator, namespace="gen3", **traits)
+    spawner = Gen3KubeSpawner(_mock=True, user=user, hub=fake_hub(), authenticator=authenticator, namespace="gen3", **traits)
     spawner.api = RecordingApi()
     return spawner
 
