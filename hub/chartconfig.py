@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from gen3workspace.hub.pages import configure_pages
+
 DEFAULT_CONFIG_PATH = "/usr/local/etc/gen3-workspace/config/config.yaml"
 DEFAULT_FLAVOR_FILE = "/usr/local/etc/gen3-workspace/flavors/flavors.yaml"
 DEFAULT_SQLITE_PATH = "/srv/jupyterhub/jupyterhub.sqlite"
@@ -184,6 +186,7 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
     auth.commons_url = commons_url
     if _get(cfg, "commons.name"):
         auth.commons_name = _get(cfg, "commons.name")
+    configure_pages(c, str(_get(cfg, "commons.name") or ""))
     auth.client_id = _get(cfg, "auth.clientId", "")
     client_secret = environ.get(ENV_CLIENT_SECRET, "")
     if client_secret:

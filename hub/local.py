@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gen3workspace.hub.devauth import BANNER
+from gen3workspace.hub.pages import configure_pages
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,7 +87,6 @@ def configure(c: Any, settings: LocalSettings) -> None:
     c.JupyterHub.pid_file = str(data / "jupyterhub.pid")
     c.JupyterHub.cleanup_servers = True
     c.JupyterHub.cleanup_proxy = True
-    c.JupyterHub.template_paths = [str(Path(__file__).with_name("templates"))]
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
     c.ConfigurableHTTPProxy.pid_file = str(data / "proxy.pid")
     if settings.proxy_command:
@@ -111,7 +111,7 @@ def configure(c: Any, settings: LocalSettings) -> None:
     if settings.commons_url:
         c.Gen3LocalSpawner.commons_url = settings.commons_url
 
-    template_vars: dict[str, Any] = {"gen3_commons_name": settings.commons_name}
+    template_vars: dict[str, Any] = {}
     if settings.fence_login:
         c.JupyterHub.authenticator_class = "gen3"
         c.Gen3OAuthenticator.commons_url = settings.commons_url
@@ -130,4 +130,4 @@ def configure(c: Any, settings: LocalSettings) -> None:
         template_vars.update(gen3_dev_login=True, gen3_dev_banner=BANNER)
         if settings.portal_url:
             c.DevAuthenticator.logout_redirect_url = settings.portal_url
-    c.JupyterHub.template_vars = template_vars
+    configure_pages(c, settings.commons_name, **template_vars)

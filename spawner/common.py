@@ -184,6 +184,15 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         # Callable, so JupyterHub shows the form; the content comes from get_options_form.
         return lambda spawner: spawner.get_options_form()
 
+    @default("apply_user_options")
+    def _apply_user_options_default(self) -> Any:
+        # JupyterHub's earliest per-spawn hook: a forged flavor is refused before the
+        # pre-spawn hook, key minting or any Kubernetes call; start() checks again.
+        async def apply(spawner: "Gen3SpawnerMixin", user_options: dict[str, Any]) -> None:
+            spawner.flavor = await spawner.choose_flavor(user_options)
+
+        return apply
+
     @default("options_from_form")
     def _options_from_form_default(self) -> Any:
         return lambda formdata: {"flavor": (formdata.get("flavor") or [""])[0]}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from .hub import Hub
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -39,3 +43,58 @@ def chromium() -> Iterator[Browser]:
 def screenshot_path(name: str) -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     return SCREENSHOTS / f"{name}.png"
+
+
+def log_in(page: Page, hub: Hub, user: str, shot: str | None = None) -> None:
+    page.goto(f"{hub.url}hub/login")
+    expect(page.locator("#gen3-title")).to_have_text("Gen3 Workspace")
+    if shot:
+        page.screenshot(path=screenshot_path(shot), full_page=True)
+    page.get_by_text(re.compile("^Sign in with ")).click()
+    # The Fence stand-in's own login page, as a user would see their IdP.
+    page.get_by_role("button", name=f"Log in as {user}").click()
+
+
+def run_in_notebook(page: Page, code: str) -> str:
+    cells = page.locator(".jp-Notebook .jp-Cell")
+    cell = cells.nth(cells.count() - 1)
+    cell.locator(".cm-content").click()
+    page.keyboard.insert_text(code)
+    output = cell.locator(".jp-OutputArea-output")
+    # A run sent while the kernel is still connecting can be dropped; send it again then.
+    for _ in range(6):
+        cell.locator(".cm-content").click()
+        page.keyboard.press("Shift+Enter")
+        try:
+            expect(output.first).to_be_visible(timeout=15_000)
+            break
+        except AssertionError:
+            continue
+    else:
+        page.screenshot(path=screenshot_path("failed-notebook"))
+        raise AssertionError("the notebook cell produced no output")
+    expect(cell.locator(".jp-InputArea-prompt")).not_to_have_text(re.compile(r"\*"), timeout=60_000)
+    return "\n".join(output.all_inner_texts())
+
+
+def open_notebook(page: Page) -> None:
+    expect(page.locator(".jp-LabShell")).to_be_visible(timeout=120_000)
+    # JupyterLab restores the last layout; ?reset brings the launcher back.
+    page.goto(page.url.split("/lab")[0] + "/lab?reset")
+    page.locator(".jp-LauncherCard[data-category='Notebook']").first.click()
+    expect(page.locator(".jp-Notebook .jp-Cell").first).to_be_visible()
+    expect(page.get_by_text(re.compile(r"\| Idle"))).to_be_visible(timeout=90_000)
+
+
+def start_flavor(page: Page, hub: Hub, flavor: str) -> None:
+    page.goto(f"{hub.url}hub/spawn")
+    page.locator(f"label[data-flavor='{flavor}']").click()
+    page.get_by_role("button", name=re.compile("Start")).click()
+    page.wait_for_url(re.compile(r"/user/.+/lab"), timeout=180_000)
+
+
+def stop_server(page: Page, hub: Hub, user: str) -> None:
+    page.goto(f"{hub.url}hub/home")
+    page.locator("#stop").click()
+    expect(page.locator("#start")).to_be_visible(timeout=60_000)
+    hub.wait_for_server(user, ready=False)

@@ -23,8 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 TEST_CONFIG = """\
 # Test-only additions: an admin service token for the REST API, and fast auth refresh.
 import os
-c.JupyterHub.services = [{"name": "test-admin", "api_token": os.environ["GEN3WS_TEST_ADMIN_TOKEN"]}]
-c.JupyterHub.load_roles = [{
+_services = list(c.JupyterHub.services) if "services" in c.JupyterHub else []
+_roles = list(c.JupyterHub.load_roles) if "load_roles" in c.JupyterHub else []
+c.JupyterHub.services = _services + [{"name": "test-admin", "api_token": os.environ["GEN3WS_TEST_ADMIN_TOKEN"]}]
+c.JupyterHub.load_roles = _roles + [{
     "name": "test-admin",
     "scopes": ["admin:users", "admin:auth_state", "admin:servers", "admin:groups", "admin:server_state", "read:users", "tokens", "servers", "access:servers", "read:hub"],
     "services": ["test-admin"],
@@ -57,15 +59,21 @@ class Hub:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}{self.base_url}"
 
-    def start(self, timeout: float = 90) -> "Hub":
-        cfg = self.tmp / "test_config.py"
-        cfg.write_text(TEST_CONFIG + textwrap.dedent(self.extra_config))
-        args = [sys.executable, "-m", "gen3workspace.hub.cli", "up", "--data-dir", str(self.data_dir), "--port", str(self.port), "--extra-config", str(cfg), "--debug"]
-        env = dict(os.environ, GEN3WS_TEST_ADMIN_TOKEN=self.admin_token, PYTHONUNBUFFERED="1")
+    ready_marker = "Gen3 Workspace is running"
+
+    def command(self, test_config: Path, env: dict[str, str]) -> list[str]:
+        """`gen3-workspace up`, as a newcomer runs it, plus the test-only config."""
+        args = [sys.executable, "-m", "gen3workspace.hub.cli", "up", "--data-dir", str(self.data_dir), "--port", str(self.port), "--extra-config", str(test_config), "--debug"]
         if self.fence:
             args += ["--commons-url", self.fence.url, "--client-id", self.fence.client_id]
             env["GEN3_CLIENT_SECRET"] = self.fence.client_secret
-        args += self.extra_args
+        return args + self.extra_args
+
+    def start(self, timeout: float = 90) -> "Hub":
+        cfg = self.tmp / "test_config.py"
+        cfg.write_text(TEST_CONFIG + textwrap.dedent(self.extra_config))
+        env = dict(os.environ, GEN3WS_TEST_ADMIN_TOKEN=self.admin_token, PYTHONUNBUFFERED="1")
+        args = self.command(cfg, env)
         self._log = open(self.log_path, "ab")
         # Own session so a test can signal the whole group like a terminal's Ctrl-C would.
         self.proc = subprocess.Popen(args, cwd=str(REPO), env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -73,7 +81,7 @@ class Hub:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            if "Gen3 Workspace is running" in self.log():
+            if self.ready_marker in self.log():
                 return self
             time.sleep(0.3)
         self.stop()

@@ -1,0 +1,330 @@
+"""The Helm chart against a real kube-apiserver: install, upgrade, the hub's RBAC, and a refused install."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes_asyncio import client as k8s
+from kubernetes_asyncio import config as k8s_config
+
+from tests.helm.chart import BAD_VALUES_DIR, VALUES_DIR, helm, render
+from tests.support.chart_install import (
+    fullname,
+    generated_secret_values,
+    hub_kubeconfig,
+    hub_service_account,
+    install_chart,
+)
+from tests.support.kube_fixtures import *  # noqa: F403 - the kube_bed/kube_namespace fixtures
+from tests.support.kubebed import KubeBed, k8s_body
+
+pytestmark = pytest.mark.k8s
+
+Obj = dict[str, Any]
+# (apiVersion, kind) -> (URL plural, namespaced?, verbs)
+Resource = tuple[str, bool, frozenset[str]]
+
+# Keys the chart generates itself and must keep for the life of the release.
+GENERATED_KEYS = ("cookie-secret", "crypt-key", "proxy-token")
+
+
+# --- raw API access ----------------------------------------------------------------------
+
+
+async def raw(api: k8s.ApiClient, method: str, path: str, *, body: Any = None, content_type: str = "application/json") -> tuple[int, Any]:
+    """One request as the ApiClient's identity; the status and the decoded JSON body.
+
+    Raw rather than typed: the tests walk every kind the chart renders, and a typed
+    client would need a method per kind and would hide fields it has no model for.
+    """
+    resp: Any = await api.call_api(
+        path, method,
+        header_params={"Accept": "application/json", "Content-Type": content_type},
+        # The REST layer JSON-encodes the body for JSON and apply-patch content types.
+        body=body,
+        auth_settings=["BearerToken"],
+        _preload_content=False,
+    )
+    text = await resp.read()
+    try:
+        return resp.status, json.loads(text)
+    except ValueError:
+        return resp.status, text.decode(errors="replace")
+
+
+async def discover(api: k8s.ApiClient) -> dict[tuple[str, str], Resource]:
+    """Every top-level resource the API server serves, by (apiVersion, kind)."""
+    group_versions = ["v1"]
+    status, groups = await raw(api, "GET", "/apis")
+    assert status == 200, groups
+    group_versions += [g["preferredVersion"]["groupVersion"] for g in groups["groups"]]
+    found: dict[tuple[str, str], Resource] = {}
+    for gv in group_versions:
+        status, listing = await raw(api, "GET", "/api/v1" if gv == "v1" else f"/apis/{gv}")
+        assert status == 200, listing
+        for r in listing["resources"]:
+            if "/" not in r["name"]:  # subresources such as pods/exec
+                found[(gv, r["kind"])] = (r["name"], r["namespaced"], frozenset(r.get("verbs") or ()))
+    return found
+
+
+def object_path(resources: dict[tuple[str, str], Resource], obj: Obj, default_namespace: str) -> str:
+    key = (obj["apiVersion"], obj["kind"])
+    assert key in resources, f"the API server does not serve {key} (rendered as {obj['metadata']['name']})"
+    plural, namespaced, _verbs = resources[key]
+    prefix = "/api/v1" if obj["apiVersion"] == "v1" else f"/apis/{obj['apiVersion']}"
+    if namespaced:
+        prefix += f"/namespaces/{obj['metadata'].get('namespace') or default_namespace}"
+    return f"{prefix}/{plural}/{obj['metadata']['name']}"
+
+
+async def everything_in(api: k8s.ApiClient, resources: dict[tuple[str, str], Resource], namespace: str) -> set[tuple[str, str]]:
+    """(kind, name) of every object of every listable namespaced kind in `namespace`."""
+    seen: set[tuple[str, str]] = set()
+    for (gv, kind), (plural, namespaced, verbs) in resources.items():
+        if not namespaced or "list" not in verbs:
+            continue
+        prefix = "/api/v1" if gv == "v1" else f"/apis/{gv}"
+        status, listing = await raw(api, "GET", f"{prefix}/namespaces/{namespace}/{plural}")
+        assert status == 200, f"listing {plural}: {listing}"
+        seen |= {(kind, item["metadata"]["name"]) for item in listing["items"]}
+    return seen
+
+
+# --- helm ---------------------------------------------------------------------------------
+
+
+def release_manifest(bed: KubeBed, namespace: str, release: str = "ws") -> list[Obj]:
+    out = helm("get", "manifest", release, "--namespace", namespace, "--kubeconfig", str(bed.kubeconfig))
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def values_file(name: str, folder: Path = VALUES_DIR) -> dict[str, Any]:
+    return yaml.safe_load((folder / name).read_text(encoding="utf-8")) or {}
+
+
+def names(docs: Iterable[Obj]) -> set[tuple[str, str]]:
+    return {(d["kind"], d["metadata"]["name"]) for d in docs}
+
+
+# --- install --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_name", ["defaults.yaml", "ingress.yaml", "gpu-flavor.yaml"])
+async def test_install_creates_every_rendered_object(kube_bed: KubeBed, kube_namespace: str, values_name: str) -> None:
+    """Every object of the release is accepted, stored as rendered, and nothing else is created."""
+    result = install_chart(kube_bed, kube_namespace, values=values_file(values_name))
+    # Server-side warnings (unknown or duplicate fields the server dropped) reach helm's stderr.
+    assert "warning" not in result.stderr.lower(), result.stderr
+
+    manifest = release_manifest(kube_bed, kube_namespace)
+    # What helm sent is what the chart renders offline: no object went missing on the way.
+    assert names(manifest) == names(render(values_name))
+
+    async with kube_bed.admin_client() as api:
+        resources = await discover(api)
+        for obj in manifest:
+            path = object_path(resources, obj, kube_namespace)
+            status, stored = await raw(api, "GET", path)
+            assert status == 200, f"{obj['kind']} {obj['metadata']['name']}: GET {path} -> {status}: {stored}"
+            meta = obj["metadata"]
+            for field in ("labels", "annotations"):
+                wanted = meta.get(field) or {}
+                got = stored["metadata"].get(field) or {}
+                assert {k: got.get(k) for k in wanted} == wanted, f"{obj['kind']} {meta['name']} {field}"
+            if obj["kind"] == "ConfigMap":
+                assert stored.get("data") == obj.get("data"), f"ConfigMap {meta['name']} data"
+
+            # A strict server-side dry run: an unknown or misplaced field that a lenient
+            # create silently dropped is an error here.
+            status, answer = await raw(
+                api, "PATCH",
+                f"{path}?dryRun=All&fieldManager=chart-test&fieldValidation=Strict&force=true",
+                body=obj, content_type="application/apply-patch+yaml",
+            )
+            assert status == 200, f"{obj['kind']} {meta['name']} fails strict validation: {answer}"
+
+        # The release's record is the only object helm adds to the namespace; ServiceAccount
+        # "default" came with the namespace.
+        in_namespace = await everything_in(api, resources, kube_namespace)
+    namespaced = {(d["kind"], d["metadata"]["name"]) for d in manifest if resources[(d["apiVersion"], d["kind"])][1]}
+    extra = in_namespace - namespaced - {("ServiceAccount", "default"), ("Secret", "sh.helm.release.v1.ws.v1")}
+    assert namespaced <= in_namespace
+    assert not extra, f"objects in {kube_namespace} that the chart did not render: {sorted(extra)}"
+
+
+# --- upgrade ---------------------------------------------------------------------------------
+
+
+async def hub_deployment(bed: KubeBed, namespace: str) -> Obj:
+    async with bed.admin_client() as api:
+        status, dep = await raw(api, "GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{fullname()}-hub")
+    assert status == 200, dep
+    result: Obj = dep
+    return result
+
+
+async def flavors_configmap(bed: KubeBed, namespace: str) -> dict[str, str]:
+    async with bed.admin_client() as api:
+        cm = await k8s.CoreV1Api(api).read_namespaced_config_map(f"{fullname()}-flavors", namespace)
+    return dict(cm.data or {})
+
+
+async def test_upgrade_keeps_keys_and_restarts_the_hub_only_for_hub_config(kube_bed: KubeBed, kube_namespace: str) -> None:
+    ns = kube_namespace
+    install_chart(kube_bed, ns)
+    keys = generated_secret_values(kube_bed, ns)
+    hub = await hub_deployment(kube_bed, ns)
+    catalogue = await flavors_configmap(kube_bed, ns)
+    assert all(len(keys[k]) == 64 for k in GENERATED_KEYS), "each generated key is 32 bytes of hex"
+
+    # A different flavor catalogue.
+    gpu_flavors = {"flavors": values_file("gpu-flavor.yaml")["flavors"]}
+    install_chart(kube_bed, ns, values=gpu_flavors, upgrade=True)
+    after_catalogue = await hub_deployment(kube_bed, ns)
+    new_catalogue = await flavors_configmap(kube_bed, ns)
+    assert new_catalogue != catalogue, "the flavors ConfigMap did not follow the new catalogue"
+    assert "a100" in new_catalogue["flavors.yaml"]
+    # The deployment controller rolls out a new ReplicaSet exactly when the pod template
+    # changes. (metadata.generation is no guide: the apiserver bumps it for a change of the
+    # Deployment's own annotations too, such as checksum/flavors, which restarts nothing.)
+    assert after_catalogue["spec"]["template"]["metadata"]["annotations"] == hub["spec"]["template"]["metadata"]["annotations"]
+    assert after_catalogue["spec"]["template"] == hub["spec"]["template"]
+
+    # A hub config value: the hub has to restart to read it.
+    install_chart(kube_bed, ns, values={**gpu_flavors, "culler": {"timeout": 7200}}, upgrade=True)
+    after_config = await hub_deployment(kube_bed, ns)
+    before_annotations = after_catalogue["spec"]["template"]["metadata"]["annotations"]
+    after_annotations = after_config["spec"]["template"]["metadata"]["annotations"]
+    assert after_annotations != before_annotations, "a hub config change left the hub's pod template alone"
+
+    # Two upgrades later the generated keys are the ones of the first install.
+    final_keys = generated_secret_values(kube_bed, ns)
+    for key in GENERATED_KEYS:
+        assert final_keys[key] == keys[key], f"{key} changed on upgrade"
+
+
+# --- RBAC ------------------------------------------------------------------------------------
+
+# (verb, group, resource, namespace or None for the release namespace, "" for cluster-wide)
+ALLOWED = [
+    ("create", "", "pods", None),
+    ("delete", "", "pods", None),
+    ("create", "", "secrets", None),
+    ("delete", "", "secrets", None),
+    ("create", "", "persistentvolumeclaims", None),
+    ("list", "", "events", None),
+]
+DENIED = [
+    ("get", "", "secrets", "OTHER"),
+    ("list", "", "secrets", "OTHER"),
+    ("create", "", "pods", "OTHER"),
+    # Users' drives outlive every hub bug.
+    ("delete", "", "persistentvolumeclaims", None),
+    ("create", "", "namespaces", ""),
+    ("list", "", "nodes", ""),
+    ("list", "", "pods", ""),
+    ("list", "", "secrets", ""),
+    # No way to grant itself more.
+    ("create", "rbac.authorization.k8s.io", "rolebindings", None),
+]
+
+
+def expand(rules: Iterable[Obj]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for r in rules
+        for group in r.get("apiGroups") or []
+        for resource in r.get("resources") or []
+        for verb in r.get("verbs") or []
+    }
+
+
+async def rules_in(api: k8s.ApiClient, namespace: str) -> set[tuple[str, str, str]]:
+    """What the ApiClient's identity may do in `namespace`, as (group, resource, verb)."""
+    answer = await k8s.AuthorizationV1Api(api).create_self_subject_rules_review(k8s_body({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectRulesReview",
+        "spec": {"namespace": namespace},
+    }))
+    assert not answer.status.incomplete, answer.status.evaluation_error
+    return expand(api.sanitize_for_serialization(answer.status.resource_rules))
+
+
+async def test_hub_service_account_has_exactly_the_charts_rbac(kube_bed: KubeBed, kube_namespace: str, tmp_path: Path) -> None:
+    ns = kube_namespace
+    other = f"t-other-{uuid.uuid4().hex[:8]}"
+    await kube_bed.create_namespace(other)
+    install_chart(kube_bed, ns)
+    async with kube_bed.admin_client() as api:
+        v1 = k8s.CoreV1Api(api)
+        await v1.create_namespaced_secret(ns, k8s_body({"metadata": {"name": "own"}, "stringData": {"k": "v"}}))
+        await v1.create_namespaced_secret(other, k8s_body({"metadata": {"name": "victim"}, "stringData": {"k": "v"}}))
+        role = await k8s.RbacAuthorizationV1Api(api).read_namespaced_role(f"{fullname()}-hub", ns)
+        role_rules = expand(api.sanitize_for_serialization(role)["rules"])
+    assert role_rules, "the hub Role has no rules"
+
+    # What the hub itself will use: the kubeconfig KubeSpawner gets in the hub tests.
+    cfg = k8s.Configuration()
+    await k8s_config.load_kube_config(config_file=str(hub_kubeconfig(kube_bed, ns, tmp_path / "kubeconfig")), client_configuration=cfg)
+    async with k8s.ApiClient(cfg) as api:
+        review = await k8s.AuthenticationV1Api(api).create_self_subject_review(k8s_body({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}))
+        assert review.status.user_info.username == f"system:serviceaccount:{ns}:{hub_service_account()}"
+
+        authz = k8s.AuthorizationV1Api(api)
+
+        async def allowed(verb: str, group: str, resource: str, namespace: str | None) -> bool:
+            target = {None: ns, "OTHER": other}.get(namespace, namespace)
+            answer = await authz.create_self_subject_access_review(k8s_body({
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": resource, "namespace": target}},
+            }))
+            return bool(answer.status.allowed)
+
+        verdicts = {case: await allowed(*case) for case in ALLOWED + DENIED}
+        assert [c for c in ALLOWED if not verdicts[c]] == [], "the hub lacks permissions it needs"
+        assert [c for c in DENIED if verdicts[c]] == [], "the hub has permissions it must not have"
+
+        # Not just the review: the API refuses the hub a Secret of another namespace, and
+        # serves it its own (so the 403 is RBAC, not a broken token).
+        v1 = k8s.CoreV1Api(api)
+        assert (await v1.read_namespaced_secret("own", ns)).data["k"]
+        with pytest.raises(k8s.ApiException) as refused:
+            await v1.read_namespaced_secret("victim", other)
+        assert refused.value.status == 403
+
+        hub_in_ns, hub_in_other = await rules_in(api, ns), await rules_in(api, other)
+
+    # Exactly the Role: compared with a ServiceAccount the chart knows nothing of, the hub
+    # may do the Role's rules in its namespace and nothing more anywhere (a stray
+    # ClusterRoleBinding would show up in both). The baseline is what the cluster's
+    # bootstrap policy grants every identity (self reviews, ClusterTrustBundles, ...).
+    async with kube_bed.token_client(await kube_bed.service_account_token(ns, "default")) as api:
+        base_in_ns, base_in_other = await rules_in(api, ns), await rules_in(api, other)
+    assert hub_in_ns - base_in_ns == role_rules
+    assert hub_in_other - base_in_other == set()
+
+
+# --- a refused install -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["misspelled-key.yaml", "default-flavor-missing.yaml"])
+async def test_bad_values_create_nothing(kube_bed: KubeBed, kube_namespace: str, bad: str) -> None:
+    """Refused by the schema (misspelled key) or by a template check: the message names the key, the namespace stays empty."""
+    expect = (BAD_VALUES_DIR / bad).read_text(encoding="utf-8").splitlines()[0].removeprefix("# expect:").strip()
+    assert expect, f"{bad} has no '# expect:' first line"
+    with pytest.raises(AssertionError) as failed:
+        install_chart(kube_bed, kube_namespace, values=values_file(bad, BAD_VALUES_DIR))
+    assert expect in str(failed.value)
+
+    async with kube_bed.admin_client() as api:
+        left = await everything_in(api, await discover(api), kube_namespace)
+    assert left == {("ServiceAccount", "default")}, f"a failed install left objects behind: {sorted(left)}"

@@ -1,0 +1,75 @@
+"""A real JupyterHub configured exactly as the Helm chart configures it, running here against the kube test bed."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from pathlib import Path
+
+from gen3workspace.hub.local import find_proxy_command
+from .fence import FenceStandIn, free_port
+from .hub import Hub
+
+# Only what cannot exist here changes: addresses (no Services, so loopback), the proxy started
+# by the hub (no proxy Deployment), the database path, and the server command (no image, so
+# the harness runs this venv's singleuser server).
+PLUMBING = """\
+import os
+from gen3workspace.hub.chartconfig import apply
+apply(c, {config!r}, environ=os.environ)
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = {port}
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = {hub_port}
+c.JupyterHub.hub_connect_url = "http://127.0.0.1:{hub_port}"
+c.JupyterHub.db_url = "sqlite:///{db}"
+c.JupyterHub.cleanup_servers = True
+c.ConfigurableHTTPProxy.should_start = True
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
+c.ConfigurableHTTPProxy.command = [{chp!r}]
+c.Gen3KubeSpawner.flavor_file = {flavors!r}
+c.Gen3KubeSpawner.cmd = [{singleuser!r}]
+c.Gen3KubeSpawner.args = ["--allow-root"]
+c.Gen3KubeSpawner.start_timeout = 120
+c.Gen3OAuthenticator.oauth_callback_url = "http://127.0.0.1:{port}{base}hub/oauth_callback"
+load_subconfig({test_config!r})
+"""
+
+
+class ChartHub(Hub):
+    """JupyterHub + the chart's config layer + Gen3KubeSpawner on the hub ServiceAccount's kubeconfig."""
+
+    ready_marker = "JupyterHub is now running"
+
+    def __init__(self, tmp: Path, fence: FenceStandIn, kubeconfig: Path, config_yaml: str, flavors_yaml: str, base_url: str = "/workspace/"):
+        """`config_yaml` and `flavors_yaml`: the data of the ConfigMaps the chart installed."""
+        super().__init__(tmp, fence=fence)
+        self.kubeconfig = kubeconfig
+        self.config_yaml = config_yaml
+        self.flavors_yaml = flavors_yaml
+        self.base_url = base_url
+
+    def command(self, test_config: Path, env: dict[str, str]) -> list[str]:
+        assert self.fence is not None
+        config = self.tmp / "config.yaml"
+        config.write_text(self.config_yaml)
+        flavors = self.tmp / "flavors.yaml"
+        flavors.write_text(self.flavors_yaml)
+        cfg = self.tmp / "jupyterhub_config.py"
+        cfg.write_text(
+            PLUMBING.format(
+                config=str(config), port=self.port, hub_port=free_port(), api_port=free_port(), db=self.tmp / "jupyterhub.sqlite",
+                chp=find_proxy_command(), flavors=str(flavors), singleuser=str(Path(sys.executable).with_name("jupyterhub-singleuser")),
+                base=self.base_url, test_config=str(test_config),
+            )
+        )
+        # What the chart's hub Secret gives the hub as env.
+        env.update(
+            KUBECONFIG=str(self.kubeconfig),
+            GEN3WS_CLIENT_SECRET=self.fence.client_secret,
+            GEN3WS_COOKIE_SECRET=secrets.token_hex(32),
+            JUPYTERHUB_CRYPT_KEY=secrets.token_hex(32),
+            CONFIGPROXY_AUTH_TOKEN=secrets.token_hex(32),
+        )
+        return [sys.executable, "-m", "jupyterhub", "--config", str(cfg), "--debug"]
+
