@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +33,7 @@ Resource = tuple[str, bool, frozenset[str]]
 
 # Keys the chart generates itself and must keep for the life of the release.
 GENERATED_KEYS = ("cookie-secret", "crypt-key", "proxy-token")
+KLOG_WARNING = re.compile(r"^W\d{4} ", re.MULTILINE)
 
 
 # --- raw API access ----------------------------------------------------------------------
@@ -121,8 +123,9 @@ def names(docs: Iterable[Obj]) -> set[tuple[str, str]]:
 async def test_install_creates_every_rendered_object(kube_bed: KubeBed, kube_namespace: str, values_name: str) -> None:
     """Every object of the release is accepted, stored as rendered, and nothing else is created."""
     result = install_chart(kube_bed, kube_namespace, values=values_file(values_name))
-    # Server-side warnings (unknown or duplicate fields the server dropped) reach helm's stderr.
-    assert "warning" not in result.stderr.lower(), result.stderr
+    # The API server's warnings (e.g. an unknown field it dropped, a deprecated API) reach
+    # helm's stderr as klog warning lines.
+    assert not KLOG_WARNING.search(result.stderr), result.stderr
 
     manifest = release_manifest(kube_bed, kube_namespace)
     # What helm sent is what the chart renders offline: no object went missing on the way.
@@ -206,9 +209,9 @@ async def test_upgrade_keeps_keys_and_restarts_the_hub_only_for_hub_config(kube_
     assert after_annotations != before_annotations, "a hub config change left the hub's pod template alone"
 
     # Two upgrades later the generated keys are the ones of the first install.
+    # (Named, not shown: even test keys stay out of failure output.)
     final_keys = generated_secret_values(kube_bed, ns)
-    for key in GENERATED_KEYS:
-        assert final_keys[key] == keys[key], f"{key} changed on upgrade"
+    assert [k for k in GENERATED_KEYS if final_keys.get(k) != keys[k]] == [], "generated keys changed on upgrade"
 
 
 # --- RBAC ------------------------------------------------------------------------------------
