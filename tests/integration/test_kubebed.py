@@ -19,6 +19,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
 from tests.support.kube_fixtures import *  # noqa: F403 - the kube_bed/kubelet fixtures
+from tests.support.processes import pid_alive
 from tests.support.kubebed import KubeBed, k8s_body
 from tests.support.kubelet import FAILURE_ANNOTATION, KubeletHarness
 
@@ -58,19 +59,6 @@ def condition(pod: dict[str, Any], kind: str) -> str | None:
         if c["type"] == kind:
             return str(c["status"])
     return None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it has stopped all the same.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def port_open(ip: str, port: int) -> bool:

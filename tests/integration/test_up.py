@@ -11,18 +11,7 @@ from pathlib import Path
 import requests
 
 from tests.support.hub import Hub
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is gone for our purposes only once reaped; check its state.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
+from tests.support.processes import pid_alive
 
 
 def dev_login(hub: Hub, user: str) -> requests.Session:
@@ -50,7 +39,7 @@ def test_up_prints_the_url_serves_login_and_ctrl_c_stops_everything(tmp_path: Pa
         server_pid = model["servers"][""]["state"]["pid"]
         proxy_pid = int((hub.data_dir / "proxy.pid").read_text())
         hub_pid = int((hub.data_dir / "jupyterhub.pid").read_text()) if (hub.data_dir / "jupyterhub.pid").exists() else None
-        assert alive(server_pid) and alive(proxy_pid)
+        assert pid_alive(server_pid) and pid_alive(proxy_pid)
     except BaseException:
         hub.stop()
         raise
@@ -60,9 +49,9 @@ def test_up_prints_the_url_serves_login_and_ctrl_c_stops_everything(tmp_path: Pa
     hub.proc.wait(60)
     deadline = time.time() + 20
     pids = [p for p in (server_pid, proxy_pid, hub_pid) if p]
-    while time.time() < deadline and any(alive(p) for p in pids):
+    while time.time() < deadline and any(pid_alive(p) for p in pids):
         time.sleep(0.2)
-    assert not [p for p in pids if alive(p)], f"left behind: {[p for p in pids if alive(p)]}"
+    assert not [p for p in pids if pid_alive(p)], f"left behind: {[p for p in pids if pid_alive(p)]}"
     hub.stop()
 
 
