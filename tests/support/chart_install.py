@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -117,8 +118,10 @@ def hub_kubeconfig(bed: KubeBed, namespace: str, path: Path, release: str = DEFA
 
 def generated_secret_values(bed: KubeBed, namespace: str, release: str = DEFAULT_RELEASE) -> dict[str, str]:
     """The decoded ``data`` of the chart's hub Secret, read with the admin identity."""
+    # The bed's own synchronous admin request (what its *_sync helpers use): callers may
+    # be sync tests or already inside an event loop, so no asyncio here.
     status, body = bed._request("GET", f"/api/v1/namespaces/{namespace}/secrets/{_hub_secret_name(release)}")
     if status != 200:
         raise AssertionError(f"reading Secret {namespace}/{_hub_secret_name(release)} gave HTTP {status}: {body[:300]!r}")
-    data = yaml.safe_load(body).get("data") or {}
+    data = json.loads(body).get("data") or {}
     return {k: base64.b64decode(v).decode("utf-8") for k, v in data.items()}
