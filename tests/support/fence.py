@@ -27,6 +27,10 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+# Typed per-request slots the middleware reads back to record who called and with which grant.
+USERNAME = web.RequestKey("username", str)
+GRANT_TYPE = web.RequestKey("grant_type", str)
+
 WORKSPACE_AUTHZ = {"/workspace": [{"service": "jupyterhub", "method": "access"}]}
 
 
@@ -220,11 +224,11 @@ class FenceStandIn:
             response = await handler(request)
         except web.HTTPException as e:
             call.status = e.status
-            call.username = request.get("username")
+            call.username = request.get(USERNAME)
             raise
         call.status = response.status
-        call.username = request.get("username")
-        call.grant_type = request.get("grant_type")
+        call.username = request.get(USERNAME)
+        call.grant_type = request.get(GRANT_TYPE)
         return response
 
     def _bearer_user(self, request: web.Request) -> str:
@@ -240,7 +244,7 @@ class FenceStandIn:
         username = claims["context"]["user"]["name"]
         if username not in self.users:
             raise web.HTTPUnauthorized(text='{"error": "unknown user"}', content_type="application/json")
-        request["username"] = username
+        request[USERNAME] = username
         return username
 
     async def _discovery(self, request: web.Request) -> web.Response:
@@ -290,7 +294,7 @@ class FenceStandIn:
             "nonce": q.get("nonce"),
             "expires": time.time() + 60,
         }
-        request["username"] = username
+        request[USERNAME] = username
         params = {"code": code}
         if "state" in q:
             params["state"] = q["state"]
@@ -364,7 +368,7 @@ class FenceStandIn:
         self._check_client(request)
         form = await request.post()
         grant = str(form.get("grant_type", ""))
-        request["grant_type"] = grant
+        request[GRANT_TYPE] = grant
         if grant == "authorization_code":
             entry = self._codes.pop(str(form.get("code", "")), None)
             if not entry or entry["expires"] < time.time():
@@ -376,7 +380,7 @@ class FenceStandIn:
                 digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
                 if digest != entry["challenge"]:
                     return web.json_response({"error": "invalid_grant", "error_description": "PKCE mismatch"}, status=400)
-            request["username"] = entry["username"]
+            request[USERNAME] = entry["username"]
             return web.json_response(self._token_response(entry["username"], entry["scope"], entry["nonce"]))
         if grant == "refresh_token":
             if self.reject_refresh:
@@ -388,7 +392,7 @@ class FenceStandIn:
             username = self._refresh.get(claims["jti"])
             if not username or username not in self.users:
                 return web.json_response({"error": "invalid_grant", "error_description": "unknown refresh token"}, status=400)
-            request["username"] = username
+            request[USERNAME] = username
             resp = self._token_response(username, [])
             # Fence does not rotate refresh tokens: the client keeps its own.
             resp.pop("refresh_token")
@@ -444,5 +448,5 @@ class FenceStandIn:
         entry = self.api_keys.get(claims["jti"])
         if not entry or entry["revoked"]:
             return web.json_response({"error": "api key revoked"}, status=401)
-        request["username"] = entry["username"]
+        request[USERNAME] = entry["username"]
         return web.json_response({"access_token": self.mint_access_token(entry["username"], scopes=entry["scope"])})
