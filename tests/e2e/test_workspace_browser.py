@@ -35,6 +35,7 @@ def test_login_flavors_jupyterlab_gen3_sdk_and_drive(page: Page, hub: Hub, fence
     log_in(page, hub, "alice", shot="login")
     # Straight to the flavor page, with only what alice may launch.
     expect(page.locator(".gen3-flavors")).to_be_visible()
+    expect(page.locator("h1")).to_have_text("Choose your workspace flavor")
     flavors = page.locator("label[data-flavor]").evaluate_all("els => els.map(e => e.dataset.flavor)")
     assert flavors == ["python-small", "r-large"], flavors
     expect(page.locator("#gen3-local-note")).to_contain_text("image, CPU, memory and GPU are not applied")
