@@ -103,7 +103,9 @@ def test_hub_image_runs_as_uid_1000_from_the_lock() -> None:
     assert [s for s in runtime if s.startswith("USER ")] == ["USER 1000:100"]
     assert any("uv sync --frozen --no-dev --no-editable" in s for s in steps)
     assert [s for s in runtime if s.startswith("COPY ")] == ["COPY --from=builder /opt/venv /opt/venv"]
-    assert runtime[-1] == 'CMD ["jupyterhub", "--config", "/usr/local/etc/gen3-workspace/jupyterhub_config.py"]'
+    # The image's default command is the one the chart runs, so `docker run` and the chart agree.
+    chart_cmd = re.search(r"command: (\[.*\])", (REPO_ROOT / "helm/gen3-workspace/templates/hub/deployment.yaml").read_text()).group(1)
+    assert runtime[-1] == f"CMD {chart_cmd}"
     assert not any("configurable-http-proxy" in s for s in steps if s.startswith(("RUN", "COPY")))
 
 
