@@ -218,8 +218,10 @@ class Gen3OAuthenticator(GenericOAuthenticator):
         return sorted(groups)
 
     async def update_auth_model(self, auth_model: dict[str, Any]) -> dict[str, Any]:
-        if self.admin_from_fence and self.userinfo(auth_model.get("auth_state")).get("is_admin") is True:
-            auth_model["admin"] = True
+        if self.admin_from_fence:
+            # Explicit False, not None: None would leave a revoked Fence admin a hub admin.
+            is_admin = self.userinfo(auth_model.get("auth_state")).get("is_admin") is True
+            auth_model["admin"] = bool(auth_model.get("admin") or is_admin)
         return auth_model
 
     async def check_allowed(self, username: str, auth_model: dict[str, Any] | None) -> bool:
@@ -310,10 +312,9 @@ class Gen3OAuthenticator(GenericOAuthenticator):
         return model
 
     def fence_logout_redirect(self) -> str:
-        """Fence logout URL that comes back to `post_logout_url`, or the configured redirect."""
-        if self.logout_redirect_url:
-            return self.logout_redirect_url
+        """Where logout sends the browser: through Fence's logout (back to `post_logout_url`, else
+        `logout_redirect_url`) when `end_fence_session` is on, so the commons session ends too."""
         if not (self.end_fence_session and self.fence_logout_url):
-            return ""
-        nxt = self.post_logout_url
+            return self.logout_redirect_url
+        nxt = self.post_logout_url or self.logout_redirect_url
         return f"{self.fence_logout_url}?{urlencode({'next': nxt})}" if nxt else self.fence_logout_url

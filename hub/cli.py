@@ -58,8 +58,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if fence and not os.environ.get("GEN3_CLIENT_SECRET"):
         print("error: set GEN3_CLIENT_SECRET in the environment for the Fence client.", file=sys.stderr)
         return 2
-    if not fence and not is_loopback(args.ip):
-        print("error: the dev login (no --commons-url/--client-id) only listens on 127.0.0.1; refusing --ip", args.ip, file=sys.stderr)
+    if not is_loopback(args.ip):
+        # Every user's server runs as this machine's user and could read the others' keys and
+        # the hub's secrets: the embedded mode is for one person. Share with the Helm chart.
+        print(
+            f"error: the embedded mode only listens on 127.0.0.1 (refusing --ip {args.ip}): every user's server "
+            "runs as this machine's user, so it is for one person on this machine. Use the Helm chart to share a workspace.",
+            file=sys.stderr,
+        )
         return 2
     if not port_free(args.ip, args.port):
         print(f"error: port {args.port} on {args.ip} is in use; pick another with --port.", file=sys.stderr)
@@ -173,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run the workspace on this machine (local servers, real JupyterHub and proxy)")
     up.add_argument("--data-dir", default=os.environ.get("GEN3WS_DATA_DIR", "var"), help="hub database, users' drives and secrets (default: ./var)")
-    up.add_argument("--ip", default="127.0.0.1", help="address to listen on (dev login: loopback only)")
+    up.add_argument("--ip", default="127.0.0.1", help="loopback address to listen on (the embedded mode is for one person on this machine)")
     up.add_argument("--port", type=int, default=8000, help="public port (default 8000)")
     up.add_argument("--base-url", default="/", help="URL prefix, e.g. /lw-workspace/ behind the data portal")
     up.add_argument("--commons-url", help="Gen3 commons URL for Fence login, e.g. https://data.example.org")

@@ -14,6 +14,24 @@ from traitlets import Dict, List, Unicode, default
 BANNER = "DEV LOGIN — no Fence, no password, localhost only. Never expose this hub."
 
 
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address.strip()).is_loopback
+    except ValueError:
+        return False
+
+
+def _client_addresses(request: Any) -> list[str]:
+    """The socket peer and the hop the proxy vouches for, ignoring headers a client can forge.
+
+    Tornado (xheaders on in JupyterHub) lets a client's X-Real-Ip override remote_ip; the
+    proxy appends the real peer as the last X-Forwarded-For entry, which a client cannot.
+    """
+    peer = getattr(request, "_orig_remote_ip", None) or request.remote_ip or ""
+    forwarded = [h for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    return [peer, forwarded[-1]] if forwarded else [peer]
+
+
 class DevLogoutHandler(LogoutHandler):
     """Logout that can send the user back to the portal, like the Fence logout does."""
 
@@ -57,12 +75,8 @@ class DevAuthenticator(Authenticator):
         self.log.warning(BANNER)
 
     async def authenticate(self, handler: web.RequestHandler, data: dict[str, str]) -> dict[str, Any] | None:
-        remote = handler.request.remote_ip or ""
-        try:
-            loopback = ipaddress.ip_address(remote).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
+        if not all(_loopback(a) for a in _client_addresses(handler.request)):
+            remote = handler.request.remote_ip
             self.log.warning("Dev login refused for a request from %s", remote)
             raise web.HTTPError(403, "The dev login only accepts logins from this machine.")
         name = (data or {}).get("username", "").strip()

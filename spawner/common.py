@@ -105,6 +105,7 @@ class Gen3SpawnerMixin(LoggingConfigurable):
 
     flavor: Flavor | None = None
     _api_key_id: str | None = None
+    _pending_revocations: dict[str, dict[str, str]] = {}
 
     # --- the catalogue and who may launch what ----------------------------------------
 
@@ -260,12 +261,18 @@ class Gen3SpawnerMixin(LoggingConfigurable):
             allow_nonstandard_methods=True,
         )
         resp = await AsyncHTTPClient().fetch(req)
-        return json.loads(resp.body) if resp.body else None
+        try:
+            return json.loads(resp.body) if resp.body else None
+        except ValueError:
+            # A maintenance page with status 200 is not an answer.
+            raise HTTPClientError(502, "Fence answered with something that is not JSON") from None
 
     async def mint_api_key(self) -> dict[str, str] | None:
         """A new Fence API key for this server, or None when keys are disabled."""
         if not self._wants_api_key():
             return None
+        if self._pending_revocations:
+            await self.revoke_api_key()
         token = await self._access_token()
         if not token:
             raise web.HTTPError(403, "Your login has no Fence access token; log out and in again to get Gen3 credentials.")
@@ -286,22 +293,58 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         self.log.info("Issued Fence API key %s for %s", key["key_id"], self.user.name)
         return {"key_id": key["key_id"], "api_key": key["api_key"]}
 
-    async def revoke_api_key(self) -> None:
-        """Revoke this server's API key; a failure is logged and never blocks the stop."""
-        key_id, self._api_key_id = self._api_key_id, None
-        if not key_id:
-            return
+    async def revoke_api_key(self, stored_key: dict[str, str] | None = None) -> None:
+        """Revoke this server's key and any earlier ones whose revocation failed.
+
+        Tries the user's access token first; when that is gone (expired refresh token, culled
+        server), the key revokes itself: it is exchanged for a token and deleted with it. Keys
+        that still cannot be revoked (Fence down) are kept in the spawner's state and retried at
+        the next start or stop. A failure never blocks the stop.
+        """
+        pending = dict(self._pending_revocations)
+        if self._api_key_id:
+            pending[self._api_key_id] = stored_key or {}
+        self._api_key_id = None
+        failed: dict[str, dict[str, str]] = {}
+        for key_id, key in pending.items():
+            try:
+                await self._delete_key(key_id, key)
+                self.log.info("Revoked Fence API key %s of %s", key_id, self.user.name)
+            except Exception as e:
+                detail = f"HTTP {e.code}" if isinstance(e, HTTPClientError) else type(e).__name__
+                self.log.warning("Could not revoke Fence API key %s of %s (%s); will retry at the next start or stop.", key_id, self.user.name, detail)
+                # Only the id is kept: the key itself never goes into the hub database.
+                failed[key_id] = {}
+        self._pending_revocations = failed
+
+    async def _delete_key(self, key_id: str, key: dict[str, str]) -> None:
+        token: str | None = None
         try:
             token = await self._access_token()
-            if not token:
-                raise RuntimeError("no access token in auth_state")
-            await self._fence("DELETE", f"/credentials/api/{key_id}", token)
-            self.log.info("Revoked Fence API key %s of %s", key_id, self.user.name)
         except Exception as e:
-            detail = f"HTTP {e.code}" if isinstance(e, HTTPClientError) else type(e).__name__
-            self.log.warning(
-                "Could not revoke Fence API key %s of %s (%s); it expires on its own in Fence.", key_id, self.user.name, detail
-            )
+            self.log.info("No fresh access token for %s (%s); revoking the key with itself", self.user.name, type(e).__name__)
+        if token:
+            try:
+                await self._fence("DELETE", f"/credentials/api/{key_id}", token)
+                return
+            except HTTPClientError as e:
+                if e.code not in (401, 403) or not key.get("api_key"):
+                    raise
+        if not key.get("api_key"):
+            raise RuntimeError("no access token and no stored key")
+        exchanged = await self._fence_anonymous("POST", "/credentials/cdis/access_token", {"api_key": key["api_key"]})
+        await self._fence("DELETE", f"/credentials/api/{key_id}", exchanged["access_token"])
+
+    async def _fence_anonymous(self, method: str, path: str, body: Any) -> Any:
+        req = HTTPRequest(
+            f"{self.fence_url}{path}", method=method, headers={"Content-Type": "application/json"}, body=json.dumps(body), request_timeout=20
+        )
+        resp = await AsyncHTTPClient().fetch(req)
+        return json.loads(resp.body)
+
+    async def stored_key(self) -> dict[str, str] | None:
+        """The key where this spawner stored it (Secret or file), for revoking it with itself."""
+        return None
 
     @staticmethod
     def credentials_json(key: dict[str, str]) -> str:
@@ -314,6 +357,8 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         state = super().get_state()
         if self._api_key_id:
             state["gen3_api_key_id"] = self._api_key_id
+        if self._pending_revocations:
+            state["gen3_pending_revocations"] = sorted(self._pending_revocations)
         if self.flavor:
             state["gen3_flavor"] = self.flavor.name
         return state
@@ -321,6 +366,7 @@ class Gen3SpawnerMixin(LoggingConfigurable):
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         self._api_key_id = state.get("gen3_api_key_id") or self._api_key_id
+        self._pending_revocations = {k: {} for k in state.get("gen3_pending_revocations") or ()} or self._pending_revocations
         name = state.get("gen3_flavor")
         if name:
             try:
@@ -330,7 +376,7 @@ class Gen3SpawnerMixin(LoggingConfigurable):
 
     async def _cleanup_credentials(self) -> None:
         """Revoke the key and remove where it was stored; each spawner says where that is."""
-        await self.revoke_api_key()
+        await self.revoke_api_key(await self.stored_key())
 
     async def run_post_stop_hook(self) -> None:
         # JupyterHub runs this after every stop, also when the server died by itself and

@@ -138,6 +138,8 @@ class CatalogueError(ValueError):
 def parse_quantity(value: str | int | float, kind: str) -> float:
     """Kubernetes quantity → cores (kind='cpu') or bytes (kind='memory')."""
     if kind == "cpu":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
         s = str(value)
         if not re.match(CPU_PATTERN, s):
             raise ValueError(f"{value!r} is not a CPU quantity")
@@ -267,7 +269,11 @@ def validate_catalogue(data: Any, source: str = "<memory>") -> Catalogue:
         if name in seen:
             problems.append(f'{source}: flavor "{name}", field \'name\': duplicate flavor name')
         seen.add(name)
-        flavor = Flavor.from_dict(raw)
+        try:
+            flavor = Flavor.from_dict(raw)
+        except ValueError as e:
+            problems.append(f'{source}: flavor "{name}": {e}')
+            continue
         if flavor.cpu_guarantee > flavor.cpu_limit:
             problems.append(f'{source}: flavor "{name}", field \'cpu.guarantee\': larger than cpu.limit')
         if parse_quantity(flavor.mem_guarantee, "memory") > flavor.memory_limit_bytes:
@@ -346,6 +352,9 @@ class CatalogueWatcher:
             catalogue = parse_catalogue(raw.decode("utf-8", "replace"), str(self.path))
         except CatalogueError as e:
             self._fail(str(e), digest)
+            return
+        except Exception as e:  # a validator gap must not take the flavor page down
+            self._fail(f"{self.path}: cannot use this catalogue: {type(e).__name__}: {e}", digest)
             return
         if self._good is not None:
             self.log.info("Flavor catalogue %s reloaded: %s", self.path, ", ".join(f.name for f in catalogue.flavors))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from typing import Any, AsyncIterator
 
 from kubernetes_asyncio.client import (
@@ -57,9 +58,10 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
         help="A starting server that has crashed and been restarted this many times fails the spawn with a readable message.",
     )
     credentials_secret_template = Unicode(
-        "gen3-credentials-{username}",
+        "gen3-credentials-{user_server}",
         config=True,
-        help="Name of the per-user Secret holding the Fence API key; {username} is the escaped username.",
+        help="""Name of the Secret holding a server's Fence API key; {user_server} is the escaped
+        username plus the server name, so each named server has its own key.""",
     )
 
     # --- KubeSpawner defaults that make the Gen3 pod ----------------------------------
@@ -215,6 +217,16 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
                 manifest.metadata.name, self.namespace, manifest, _request_timeout=self.k8s_api_request_timeout
             )
 
+    async def stored_key(self) -> dict[str, str] | None:
+        try:
+            secret = await self.api.read_namespaced_secret(
+                self.credentials_secret_name, self.namespace, _request_timeout=self.k8s_api_request_timeout
+            )
+            return json.loads(base64.b64decode(secret.data["credentials.json"]))
+        except Exception:
+            # Gone or unreadable: revocation then relies on the user's own token.
+            return None
+
     async def _delete_credentials_secret(self) -> None:
         try:
             await self.api.delete_namespaced_secret(
@@ -248,6 +260,10 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
             self.log.error("Spawn of %s for %s failed: %s", self.pod_name, self.user.name, message)
             raise FlavorError(500, message)
         except BaseException:
+            # JupyterHub's start timeout cancels us, not the task we wait on: stop it too, or
+            # it would go on to create a pod nobody tracks.
+            if not start.done():
+                start.cancel()
             await self._cleanup_credentials()
             raise
         finally:
@@ -280,7 +296,8 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
 
     async def _cleanup_credentials(self) -> None:
         had_key = bool(self._api_key_id)
-        await self.revoke_api_key()
+        # Read before revoking: the stored key can revoke itself when the user's session is gone.
+        await self.revoke_api_key(await self.stored_key() if had_key else None)
         if had_key or self.issue_api_key:
             await self._delete_credentials_secret()
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -16,12 +16,17 @@ from .common import Gen3SpawnerMixin
 
 
 def safe_name(username: str) -> str:
-    """A folder name for any username: keeps [a-z0-9._-], escapes the rest, never '.' or '..'."""
-    escaped = re.sub(r"[^a-z0-9._-]", lambda m: "-" + m.group().encode().hex(), username.lower())
-    if escaped != username:
-        # Different usernames must not share a folder, e.g. 'A' and 'a' or 'a-40' and 'a@'.
-        escaped = f"{escaped}-{username.encode().hex()[:8]}"
-    return escaped if escaped.strip(".") else f"u-{username.encode().hex()}"
+    """A folder name for any username, one-to-one: keeps [a-z0-9._], writes every other byte as -XX.
+
+    '-' is always escaped, so it only ever starts an escape and two names never share a folder;
+    a leading '.' is escaped too, so no name is '.', '..' or hidden.
+    """
+    out = []
+    for i, byte in enumerate(username.encode()):
+        ch = chr(byte)
+        keep = byte < 128 and (ch.isdigit() or "a" <= ch <= "z" or ch == "_" or (ch == "." and i > 0))
+        out.append(ch if keep else f"-{byte:02x}")
+    return "".join(out) or "-"
 
 
 class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
@@ -51,7 +56,9 @@ class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
 
     @default("credentials_mount_path")
     def _credentials_mount_path_default(self) -> str:
-        return str(Path(self.data_dir) / "credentials" / safe_name(self.user.name))
+        # One folder per server: named servers each get their own key.
+        folder = safe_name(self.user.name) + (f"--{safe_name(self.name)}" if self.name else "")
+        return str(Path(self.data_dir) / "credentials" / folder)
 
     @default("default_url")
     def _default_url_default(self) -> str:
@@ -96,8 +103,14 @@ class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
             f.write(self.credentials_json(key))
         os.chmod(target, 0o400)
 
+    async def stored_key(self) -> dict[str, str] | None:
+        try:
+            return json.loads((Path(self.credentials_mount_path) / "credentials.json").read_text())
+        except (OSError, ValueError):
+            return None
+
     async def _cleanup_credentials(self) -> None:
-        await self.revoke_api_key()
+        await self.revoke_api_key(await self.stored_key())
         shutil.rmtree(self.credentials_mount_path, ignore_errors=True)
 
     async def progress(self) -> AsyncIterator[dict[str, Any]]:

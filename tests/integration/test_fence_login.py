@@ -121,11 +121,17 @@ def test_groups_follow_fence_across_logins(fence_hub: Hub, fence: FenceStandIn) 
     assert fence_hub.user_model("alice")["groups"] == ["analysts"]
 
 
-def test_fence_admins_become_hub_admins(fence_hub: Hub) -> None:
+def test_fence_admins_become_hub_admins_and_stop_being_them(fence_hub: Hub, fence: FenceStandIn) -> None:
     fence_hub.login("admin-ada")
     assert fence_hub.user_model("admin-ada")["admin"] is True
     fence_hub.login("alice")
     assert fence_hub.user_model("alice")["admin"] is False
+    fence.users["admin-ada"].is_admin = False
+    try:
+        fence_hub.login("admin-ada")
+        assert fence_hub.user_model("admin-ada")["admin"] is False
+    finally:
+        fence.users["admin-ada"].is_admin = True
 
 
 def test_logout_ends_the_fence_session(fence_hub: Hub, fence: FenceStandIn) -> None:

@@ -55,12 +55,16 @@ def test_up_prints_the_url_serves_login_and_ctrl_c_stops_everything(tmp_path: Pa
     hub.stop()
 
 
-def test_dev_login_refuses_a_public_address(tmp_path: Path) -> None:
+def test_the_embedded_mode_refuses_a_public_address_with_or_without_fence(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "gen3workspace.hub.cli", "up", "--data-dir", str(tmp_path), "--ip", "0.0.0.0"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "only listens on 127.0.0.1" in r.stderr
+    base = [sys.executable, "-m", "gen3workspace.hub.cli", "up", "--data-dir", str(tmp_path), "--ip", "0.0.0.0"]
+    fence = ["--commons-url", "https://data.example.org", "--client-id", "c"]
+    for args in (base, base + fence):
+        env = {**__import__("os").environ, "GEN3_CLIENT_SECRET": "s"}
+        r = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 2 and "only listens on 127.0.0.1" in r.stderr and "Helm chart" in r.stderr
 
 
 def test_weird_usernames_are_refused_cleanly_or_get_a_safe_drive(tmp_path: Path) -> None:

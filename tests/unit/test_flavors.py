@@ -152,3 +152,10 @@ def test_cli_validate_list_and_schema(tmp_path: Path) -> None:
     assert f"{bad}: flavor \"python-small\", field 'memory.limit'" in res.stderr
     schema = json.loads(cli("flavors", "schema").stdout)
     assert schema == catalogue_json_schema()
+
+
+def test_numeric_cpu_of_any_size_is_a_quantity_not_a_crash(tmp_path: Path) -> None:
+    data = example_data()
+    data["flavors"][0]["cpu"] = {"limit": 0.0000001}
+    cat = parse_catalogue(yaml.safe_dump(data), "f.yaml")
+    assert cat.flavors[0].cpu_limit == 1e-07

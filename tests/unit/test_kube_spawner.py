@@ -13,11 +13,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import kubernetes_validate
 import pytest
 from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client.rest import ApiException
 from tornado import web
 
 from gen3workspace.spawner.flavors import default_catalogue_path, load_catalogue
@@ -52,6 +54,10 @@ class RecordingApi:
                 self.secrets[args[1].metadata.name] = args[1]
             if name == "delete_namespaced_secret":
                 self.secrets.pop(args[0], None)
+            if name == "read_namespaced_secret":
+                if args[0] not in self.secrets:
+                    raise ApiException(status=404)
+                return self.secrets[args[0]]
             return None
 
         return call
@@ -270,3 +276,71 @@ def test_state_keeps_the_key_id_for_revocation_after_a_hub_restart() -> None:
         assert json.dumps(state)
 
     asyncio.run(run())
+
+
+async def test_a_start_timeout_also_stops_kubespawners_own_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """JupyterHub cancels start() on its timeout; the pod creation underneath must not go on."""
+    import asyncio
+
+    from kubespawner import KubeSpawner
+
+    finished = []
+
+    async def slow_start(self: Any) -> str:
+        await asyncio.sleep(2)
+        finished.append(True)  # stands for "the pod got created"
+        return "http://x"
+
+    monkeypatch.setattr(KubeSpawner, "_start", slow_start)
+    spawner = make_spawner(FakeUser("alice"))
+    spawner.user_options = {"flavor": "python-small"}
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(spawner.start(), 0.3)
+    await asyncio.sleep(2.5)
+    assert finished == []
+
+
+async def test_named_servers_get_their_own_credentials_secret() -> None:
+    default = make_spawner(FakeUser("alice"))
+    named = Gen3KubeSpawner(_mock=True, user=FakeUser("alice"), hub=fake_hub(), orm_spawner=SimpleNamespace(name="gpu", server=None), namespace="gen3")
+    assert default.credentials_secret_name != named.credentials_secret_name
+    assert default.pvc_name == named.pvc_name, "but they share the one drive"
+
+
+async def test_an_expired_session_still_revokes_the_key_with_the_key_itself(fence: FenceStandIn) -> None:
+    from gen3workspace.hub.auth import Gen3OAuthenticator
+
+    auth = Gen3OAuthenticator(commons_url=fence.url, client_id=fence.client_id, client_secret=fence.client_secret)
+    user = FakeUser("alice", auth_state={"access_token": fence.mint_access_token("alice"), "oauth_user": {"authz": {}}})
+    spawner = make_spawner(user, authenticator=auth)
+    key = await spawner.mint_api_key()
+    await spawner._write_credentials_secret(key)
+    # The culler stops the server long after the user's session ended: no usable token left.
+    user.auth_state = {"access_token": fence.mint_access_token("alice", lifetime=-60), "oauth_user": {"authz": {}}}
+    await spawner._cleanup_credentials()
+    assert key["key_id"] not in fence.active_keys("alice")
+    assert spawner.get_state().get("gen3_pending_revocations") is None
+
+
+async def test_a_revocation_that_fails_is_kept_and_retried(fence: FenceStandIn) -> None:
+    from gen3workspace.hub.auth import Gen3OAuthenticator
+
+    auth = Gen3OAuthenticator(commons_url=fence.url, client_id=fence.client_id, client_secret=fence.client_secret)
+    user = FakeUser("alice", auth_state={"access_token": fence.mint_access_token("alice"), "oauth_user": {"authz": {}}})
+    spawner = make_spawner(user, authenticator=auth)
+    key = await spawner.mint_api_key()
+    fence.fail_500 = True
+    try:
+        await spawner._cleanup_credentials()
+    finally:
+        fence.fail_500 = False
+    state = spawner.get_state()
+    assert state["gen3_pending_revocations"] == [key["key_id"]]
+    assert key["api_key"] not in json.dumps(state), "only the id is kept"
+    # After a hub restart, the next spawn retries before minting a new key.
+    again = make_spawner(user, authenticator=auth)
+    again.load_state(state)
+    second = await again.mint_api_key()
+    assert key["key_id"] not in fence.active_keys("alice")
+    assert second["key_id"] in fence.active_keys("alice")
+    await again._cleanup_credentials()

@@ -1,0 +1,42 @@
+"""Embedded-mode safety: one folder per user and server, and a dev login that trusts only real loopback peers."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from gen3workspace.hub.auth import Gen3OAuthenticator
+from gen3workspace.hub.devauth import _client_addresses, _loopback
+from gen3workspace.spawner.local import safe_name
+
+TRICKY = ["alice", "a@", "a-40", "a-40-6140", "bob@x.org", "bob-40x.org", "A", "a", "..", ".", ".hidden", "ünï", "c3", "-c3", "a b", "a_b", "a.b"]
+
+
+def test_safe_name_is_one_to_one_and_never_escapes_the_folder() -> None:
+    names = {safe_name(n) for n in TRICKY}
+    assert len(names) == len(TRICKY)
+    for n in names:
+        assert "/" not in n and not n.startswith(".") and n.isascii()
+
+
+def request(peer: str, headers: dict[str, str], spoofed_remote: str | None = None) -> SimpleNamespace:
+    return SimpleNamespace(_orig_remote_ip=peer, remote_ip=spoofed_remote or peer, headers=headers)
+
+
+def test_dev_login_ignores_forgeable_headers() -> None:
+    # A remote client behind the proxy, claiming X-Real-Ip: 127.0.0.1 (tornado would believe it).
+    forged = request("127.0.0.1", {"X-Forwarded-For": "203.0.113.9", "X-Real-Ip": "127.0.0.1"}, spoofed_remote="127.0.0.1")
+    assert not all(_loopback(a) for a in _client_addresses(forged))
+    # A client that puts a loopback address first; the proxy appends the real peer last.
+    prefixed = request("127.0.0.1", {"X-Forwarded-For": "127.0.0.1, 203.0.113.9"})
+    assert not all(_loopback(a) for a in _client_addresses(prefixed))
+    local = request("127.0.0.1", {"X-Forwarded-For": "127.0.0.1"})
+    assert all(_loopback(a) for a in _client_addresses(local))
+
+
+def test_logout_goes_through_fence_even_with_a_logout_redirect() -> None:
+    auth = Gen3OAuthenticator(commons_url="https://data.example.org", logout_redirect_url="https://portal.example.org/")
+    assert auth.fence_logout_redirect() == "https://data.example.org/user/logout?next=https%3A%2F%2Fdata.example.org%2F"
+    auth = Gen3OAuthenticator(commons_url="https://data.example.org", logout_redirect_url="https://p.example.org/", post_logout_url="")
+    assert auth.fence_logout_redirect().endswith("next=https%3A%2F%2Fp.example.org%2F")
+    auth = Gen3OAuthenticator(commons_url="https://data.example.org", logout_redirect_url="https://p.example.org/", end_fence_session=False)
+    assert auth.fence_logout_redirect() == "https://p.example.org/"
