@@ -190,6 +190,15 @@ async def test_form_lists_only_the_flavors_the_user_may_launch() -> None:
     assert 'value="python-gpu"' in form and "1 GPU" in form and "notebook-python" in form
 
 
+def fence_session(fence: FenceStandIn, username: str = "alice") -> tuple[Any, FakeUser]:
+    """An authenticator for the stand-in and a user logged in to it, as the hub would hold them."""
+    from gen3workspace.hub.auth import Gen3OAuthenticator
+
+    auth = Gen3OAuthenticator(commons_url=fence.url, client_id=fence.client_id, client_secret=fence.client_secret)
+    user = FakeUser(username, auth_state={"access_token": fence.mint_access_token(username), "oauth_user": {"authz": {}}})
+    return auth, user
+
+
 @pytest.fixture(scope="module")
 def fence() -> Iterator[FenceStandIn]:
     f = FenceStandIn()
@@ -200,10 +209,7 @@ def fence() -> Iterator[FenceStandIn]:
 
 
 async def test_minted_key_in_the_secret_works_with_the_real_gen3_sdk_and_stop_revokes_it(fence: FenceStandIn, tmp_path: Path) -> None:
-    from gen3workspace.hub.auth import Gen3OAuthenticator
-
-    auth = Gen3OAuthenticator(commons_url=fence.url, client_id=fence.client_id, client_secret=fence.client_secret)
-    user = FakeUser("alice", auth_state={"access_token": fence.mint_access_token("alice"), "oauth_user": {"authz": {}}})
+    auth, user = fence_session(fence)
     spawner = make_spawner(user, authenticator=auth)
     spawner.user_options = {"flavor": "python-small"}
     await spawner.load_user_options()
@@ -229,28 +235,8 @@ async def test_minted_key_in_the_secret_works_with_the_real_gen3_sdk_and_stop_re
     assert "TOKEN-OK" not in out.stdout, "a revoked key must not yield tokens"
 
 
-async def test_failed_revoke_is_logged_and_does_not_block_the_stop(fence: FenceStandIn, caplog: pytest.LogCaptureFixture) -> None:
-    from gen3workspace.hub.auth import Gen3OAuthenticator
-
-    auth = Gen3OAuthenticator(commons_url=fence.url, client_id=fence.client_id, client_secret=fence.client_secret)
-    user = FakeUser("alice", auth_state={"access_token": fence.mint_access_token("alice"), "oauth_user": {"authz": {}}})
-    spawner = make_spawner(user, authenticator=auth)
-    key = await spawner.mint_api_key()
-    fence.fail_500 = True
-    try:
-        await spawner._cleanup_credentials()
-    finally:
-        fence.fail_500 = False
-    assert "Could not revoke Fence API key" in caplog.text
-    assert key["api_key"] not in caplog.text
-    assert [c for c in spawner.api.calls if c[0] == "delete_namespaced_secret"]
-
-
 async def test_disabled_keys_mean_no_secret_and_no_env(fence: FenceStandIn) -> None:
-    from gen3workspace.hub.auth import Gen3OAuthenticator
-
-    auth = Gen3OAuthenticator(commons_url=fence.url, client_id=fence.client_id, client_secret=fence.client_secret)
-    user = FakeUser("alice", auth_state={"access_token": fence.mint_access_token("alice"), "oauth_user": {"authz": {}}})
+    auth, user = fence_session(fence)
     spawner = make_spawner(user, authenticator=auth, issue_api_key=False)
     spawner.user_options = {"flavor": "python-small"}
     await spawner.load_user_options()
@@ -308,10 +294,7 @@ async def test_named_servers_get_their_own_credentials_secret() -> None:
 
 
 async def test_an_expired_session_still_revokes_the_key_with_the_key_itself(fence: FenceStandIn) -> None:
-    from gen3workspace.hub.auth import Gen3OAuthenticator
-
-    auth = Gen3OAuthenticator(commons_url=fence.url, client_id=fence.client_id, client_secret=fence.client_secret)
-    user = FakeUser("alice", auth_state={"access_token": fence.mint_access_token("alice"), "oauth_user": {"authz": {}}})
+    auth, user = fence_session(fence)
     spawner = make_spawner(user, authenticator=auth)
     key = await spawner.mint_api_key()
     await spawner._write_credentials_secret(key)
@@ -322,11 +305,8 @@ async def test_an_expired_session_still_revokes_the_key_with_the_key_itself(fenc
     assert spawner.get_state().get("gen3_pending_revocations") is None
 
 
-async def test_a_revocation_that_fails_is_kept_and_retried(fence: FenceStandIn) -> None:
-    from gen3workspace.hub.auth import Gen3OAuthenticator
-
-    auth = Gen3OAuthenticator(commons_url=fence.url, client_id=fence.client_id, client_secret=fence.client_secret)
-    user = FakeUser("alice", auth_state={"access_token": fence.mint_access_token("alice"), "oauth_user": {"authz": {}}})
+async def test_a_failed_revocation_is_logged_kept_and_retried_and_never_blocks_the_stop(fence: FenceStandIn, caplog: pytest.LogCaptureFixture) -> None:
+    auth, user = fence_session(fence)
     spawner = make_spawner(user, authenticator=auth)
     key = await spawner.mint_api_key()
     fence.fail_500 = True
@@ -334,6 +314,9 @@ async def test_a_revocation_that_fails_is_kept_and_retried(fence: FenceStandIn) 
         await spawner._cleanup_credentials()
     finally:
         fence.fail_500 = False
+    assert "Could not revoke Fence API key" in caplog.text
+    assert key["api_key"] not in caplog.text
+    assert [c for c in spawner.api.calls if c[0] == "delete_namespaced_secret"], "the stop went on"
     state = spawner.get_state()
     assert state["gen3_pending_revocations"] == [key["key_id"]]
     assert key["api_key"] not in json.dumps(state), "only the id is kept"
