@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 from urllib.parse import urlparse
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -105,7 +105,8 @@ class Gen3SpawnerMixin(LoggingConfigurable):
 
     flavor: Flavor | None = None
     _api_key_id: str | None = None
-    _pending_revocations: dict[str, dict[str, str]] = {}
+    # Ids of keys whose revocation failed; the keys themselves are never kept.
+    _pending_revocations: tuple[str, ...] = ()
 
     # --- the catalogue and who may launch what ----------------------------------------
 
@@ -209,6 +210,11 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         hosts += ALWAYS_NO_PROXY + list(self.no_proxy)
         return list(dict.fromkeys(h for h in hosts if h))
 
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        env.update(self.gen3_env())
+        return env
+
     def gen3_env(self) -> dict[str, str]:
         env: dict[str, str] = {}
         if self.flavor:
@@ -251,11 +257,15 @@ class Gen3SpawnerMixin(LoggingConfigurable):
                 await self.user.save_auth_state(state)
         return state.get("access_token")
 
-    async def _fence(self, method: str, path: str, token: str, body: Any = None) -> Any:
+    async def _fence(self, method: str, path: str, token: str | None, body: Any = None) -> Any:
+        """A JSON call to Fence, as the user when `token` is given (the API-key exchange needs none)."""
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         req = HTTPRequest(
             f"{self.fence_url}{path}",
             method=method,
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            headers=headers,
             body=json.dumps(body) if body is not None else None,
             request_timeout=20,
             allow_nonstandard_methods=True,
@@ -301,21 +311,18 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         that still cannot be revoked (Fence down) are kept in the spawner's state and retried at
         the next start or stop. A failure never blocks the stop.
         """
-        pending = dict(self._pending_revocations)
-        if self._api_key_id:
-            pending[self._api_key_id] = stored_key or {}
-        self._api_key_id = None
-        failed: dict[str, dict[str, str]] = {}
-        for key_id, key in pending.items():
+        current, self._api_key_id = self._api_key_id, None
+        failed: list[str] = []
+        for key_id in dict.fromkeys([*self._pending_revocations, *([current] if current else [])]):
+            key = (stored_key or {}) if key_id == current else {}
             try:
                 await self._delete_key(key_id, key)
                 self.log.info("Revoked Fence API key %s of %s", key_id, self.user.name)
             except Exception as e:
                 detail = f"HTTP {e.code}" if isinstance(e, HTTPClientError) else type(e).__name__
                 self.log.warning("Could not revoke Fence API key %s of %s (%s); will retry at the next start or stop.", key_id, self.user.name, detail)
-                # Only the id is kept: the key itself never goes into the hub database.
-                failed[key_id] = {}
-        self._pending_revocations = failed
+                failed.append(key_id)
+        self._pending_revocations = tuple(failed)
 
     async def _delete_key(self, key_id: str, key: dict[str, str]) -> None:
         token: str | None = None
@@ -332,15 +339,8 @@ class Gen3SpawnerMixin(LoggingConfigurable):
                     raise
         if not key.get("api_key"):
             raise RuntimeError("no access token and no stored key")
-        exchanged = await self._fence_anonymous("POST", "/credentials/cdis/access_token", {"api_key": key["api_key"]})
+        exchanged = await self._fence("POST", "/credentials/cdis/access_token", None, {"api_key": key["api_key"]})
         await self._fence("DELETE", f"/credentials/api/{key_id}", exchanged["access_token"])
-
-    async def _fence_anonymous(self, method: str, path: str, body: Any) -> Any:
-        req = HTTPRequest(
-            f"{self.fence_url}{path}", method=method, headers={"Content-Type": "application/json"}, body=json.dumps(body), request_timeout=20
-        )
-        resp = await AsyncHTTPClient().fetch(req)
-        return json.loads(resp.body)
 
     async def stored_key(self) -> dict[str, str] | None:
         """The key where this spawner stored it (Secret or file), for revoking it with itself."""
@@ -366,7 +366,7 @@ class Gen3SpawnerMixin(LoggingConfigurable):
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
         self._api_key_id = state.get("gen3_api_key_id") or self._api_key_id
-        self._pending_revocations = {k: {} for k in state.get("gen3_pending_revocations") or ()} or self._pending_revocations
+        self._pending_revocations = tuple(state.get("gen3_pending_revocations") or ()) or self._pending_revocations
         name = state.get("gen3_flavor")
         if name:
             try:
@@ -397,4 +397,10 @@ class Gen3SpawnerMixin(LoggingConfigurable):
             "progress": 2,
             "message": f"Launching flavor {f.display_name} ({f.cpu_limit:g} CPU, {format_memory(f.memory_limit_bytes)}{gpu})",
         }
+
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        # The flavor's name first, then the spawner's own events.
+        yield self.progress_intro()
+        async for event in super().progress():
+            yield event
 

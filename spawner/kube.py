@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from typing import Any, AsyncIterator
+from typing import Any
 
 from kubernetes_asyncio.client import (
     V1ObjectMeta,
@@ -157,11 +157,6 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
 
     # --- env, pod, secret ----------------------------------------------------------------
 
-    def get_env(self) -> dict[str, str]:
-        env = super().get_env()
-        env.update(self.gen3_env())
-        return env
-
     @property
     def credentials_secret_name(self) -> str:
         return self._expand_user_properties(self.credentials_secret_template)
@@ -300,8 +295,3 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
         await self.revoke_api_key(await self.stored_key() if had_key else None)
         if had_key or self.issue_api_key:
             await self._delete_credentials_secret()
-
-    async def progress(self) -> AsyncIterator[dict[str, Any]]:
-        yield self.progress_intro()
-        async for event in super().progress():
-            yield event

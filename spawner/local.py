@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from traitlets import Unicode, default
@@ -75,7 +75,6 @@ class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
 
     def get_env(self) -> dict[str, str]:
         env = super().get_env()
-        env.update(self.gen3_env())
         # The notebook image's Jupyter Server settings (portal embedding, idle culling).
         env["JUPYTER_CONFIG_PATH"] = str(Path(__file__).with_name("singleuser"))
         return env
@@ -112,8 +111,3 @@ class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
     async def _cleanup_credentials(self) -> None:
         await self.revoke_api_key(await self.stored_key())
         shutil.rmtree(self.credentials_mount_path, ignore_errors=True)
-
-    async def progress(self) -> AsyncIterator[dict[str, Any]]:
-        yield self.progress_intro()
-        async for event in super().progress():
-            yield event
