@@ -26,10 +26,11 @@ configure(c, LocalSettings.load({settings!r}))
 {extra}"""
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (callers retry if someone takes it first)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def port_free(ip: str, port: int) -> bool:

@@ -18,6 +18,7 @@ import pytest
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
+from gen3workspace.hub.cli import free_port
 from tests.support.kube_fixtures import *  # noqa: F403 - the kube_bed/kubelet fixtures
 from tests.support.processes import pid_alive
 from tests.support.kubebed import KubeBed, k8s_body
@@ -110,12 +111,6 @@ def pod_manifest(
             "volumes": volumes or [],
         },
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- the API server ---------------------------------------------------------------------

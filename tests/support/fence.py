@@ -14,7 +14,6 @@ import base64
 import hashlib
 import html
 import secrets
-import socket
 import threading
 import time
 import uuid
@@ -24,8 +23,9 @@ from urllib.parse import urlencode
 
 import jwt
 from aiohttp import web
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from gen3workspace.hub.cli import free_port
 
 # Typed per-request slots the middleware reads back to record who called and with which grant.
 USERNAME = web.RequestKey("username", str)
@@ -65,12 +65,6 @@ class Call:
     status: int
     grant_type: str | None = None
     username: str | None = None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class FenceStandIn:
