@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# The generators' shared helper sits beside them; they run as scripts and are loaded by path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gen_common import write_or_check  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 FLAVOR_DOC = REPO / "docs" / "flavor-reference.md"
 SETTINGS_DOC = REPO / "docs" / "settings-reference.md"
@@ -139,17 +143,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--check", action="store_true", help="exit 1 if a generated file is out of date")
     args = parser.parse_args()
-    stale = []
-    for path, text in ((FLAVOR_DOC, flavor_reference()), (SETTINGS_DOC, settings_reference())):
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(str(path.relative_to(REPO)))
-        else:
-            path.write_text(text)
-    if stale:
-        print(f"stale: {', '.join(stale)}; run scripts/gen_reference_docs.py", file=sys.stderr)
-        return 1
-    return 0
+    outputs = {FLAVOR_DOC: flavor_reference(), SETTINGS_DOC: settings_reference()}
+    return write_or_check(outputs, args.check, "scripts/gen_reference_docs.py")
 
 
 if __name__ == "__main__":

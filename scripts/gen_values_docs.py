@@ -8,13 +8,16 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
+
+# The generators' shared helper sits beside them; they run as scripts and are loaded by path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gen_common import write_or_check  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_JSON = ROOT / "helm" / "gen3-workspace" / "values.schema.json"
@@ -99,18 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="fail if the committed page differs from what would be generated")
     args = parser.parse_args(argv)
     want = render(json.loads(SCHEMA_JSON.read_text(encoding="utf-8")))
-    if args.check:
-        have = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else ""
-        if have != want:
-            diff = difflib.unified_diff(have.splitlines(), want.splitlines(), str(OUTPUT), "generated", lineterm="", n=1)
-            print(f"{OUTPUT.relative_to(ROOT)} is stale; run scripts/gen_values_docs.py", file=sys.stderr)
-            print("\n".join(list(diff)[:40]), file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(want, encoding="utf-8")
-    print(f"wrote {OUTPUT.relative_to(ROOT)}")
-    return 0
+    return write_or_check({OUTPUT: want}, args.check, "scripts/gen_values_docs.py")
 
 
 if __name__ == "__main__":

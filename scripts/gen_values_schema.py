@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import difflib
 import json
 import sys
 import textwrap
@@ -25,6 +24,10 @@ from typing import Any, Union
 import yaml
 
 from gen3workspace.spawner.flavors import catalogue_json_schema, default_catalogue_path
+
+# The generators' shared helper sits beside them; they run as scripts and are loaded by path.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gen_common import write_or_check  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "gen3-workspace"
@@ -574,29 +577,11 @@ def values_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _stale(path: Path, want: str) -> str | None:
-    have = path.read_text(encoding="utf-8") if path.exists() else ""
-    if have == want:
-        return None
-    diff = difflib.unified_diff(have.splitlines(), want.splitlines(), str(path), "generated", lineterm="", n=1)
-    return "\n".join(list(diff)[:40])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if the committed files differ from what would be generated")
     args = parser.parse_args(argv)
-    outputs = {VALUES_YAML: values_text(), SCHEMA_JSON: schema_text()}
-    if args.check:
-        problems = [(p, d) for p, w in outputs.items() if (d := _stale(p, w))]
-        for path, diff in problems:
-            print(f"{path.relative_to(ROOT)} is stale; run scripts/gen_values_schema.py\n{diff}", file=sys.stderr)
-        return 1 if problems else 0
-    for path, text in outputs.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-        print(f"wrote {path.relative_to(ROOT)}")
-    return 0
+    return write_or_check({VALUES_YAML: values_text(), SCHEMA_JSON: schema_text()}, args.check, "scripts/gen_values_schema.py")
 
 
 if __name__ == "__main__":
