@@ -14,11 +14,16 @@ from tests.support.hub import Hub
 from tests.support.processes import pid_alive
 
 
-def dev_login(hub: Hub, user: str) -> requests.Session:
+def post_dev_login(hub: Hub, user: str) -> tuple[requests.Session, requests.Response]:
+    """Submit the dev login form as a browser would (with the page's _xsrf token)."""
     s = requests.Session()
     page = s.get(f"{hub.url}hub/login", timeout=30).text
     xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
-    r = s.post(f"{hub.url}hub/login", data={"username": user, "_xsrf": xsrf}, timeout=60)
+    return s, s.post(f"{hub.url}hub/login", data={"username": user, "_xsrf": xsrf}, timeout=60)
+
+
+def dev_login(hub: Hub, user: str) -> requests.Session:
+    s, r = post_dev_login(hub, user)
     assert r.status_code == 200, r.text[:500]
     return s
 
@@ -71,10 +76,7 @@ def test_weird_usernames_are_refused_cleanly_or_get_a_safe_drive(tmp_path: Path)
     hub = Hub(tmp_path).start()
     try:
         for name in ("a b", "x" * 80, "../etc"):
-            s = requests.Session()
-            page = s.get(f"{hub.url}hub/login", timeout=30).text
-            xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page).group(1)
-            r = s.post(f"{hub.url}hub/login", data={"username": name, "_xsrf": xsrf}, timeout=30)
+            _, r = post_dev_login(hub, name)
             assert r.status_code == 403, name
         # A legitimate but unusual name gets a drive folder inside the data dir.
         dev_login(hub, "ünï.cødé@uni.edu")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urljoin, urlparse
+from urllib.parse import parse_qs, urlparse
 
 import requests
 
@@ -161,17 +160,3 @@ def query(url: str) -> dict[str, str]:
 
 def path_of(url: str) -> str:
     return urlparse(url).path
-
-
-def xsrf_headers(session: requests.Session, url: str) -> dict[str, str]:
-    """JupyterHub wants the _xsrf cookie echoed in a header for cookie-authenticated API calls."""
-    token = session.cookies.get("_xsrf")
-    if not token:
-        page = session.get(url, timeout=30).text
-        m = re.search(r'name="_xsrf" value="([^"]+)"', page)
-        token = m.group(1) if m else session.cookies.get("_xsrf", "")
-    return {"X-XSRFToken": token or "", "Referer": url}
-
-
-def absolute(base: str, location: str) -> str:
-    return urljoin(base, location)
