@@ -41,7 +41,9 @@ def chart_hub(kube_bed: KubeBed, fence: FenceStandIn, kubelet_thread_factory: An
     install_chart(kube_bed, ns, values={"commons": {"url": fence.url}, "auth": {"clientId": fence.client_id, "clientSecret": fence.client_secret}})
     config = read_configmap(kube_bed, ns, f"{fullname()}-hub-config")["config.yaml"]
     flavors = read_configmap(kube_bed, ns, f"{fullname()}-flavors")["flavors.yaml"]
-    kubelet = kubelet_thread_factory(ns)
+    # Users' pods live in the chart's users' namespace (Pod Security "restricted"); the harness
+    # runs their command as a local process, so the checks are the API server's admission only.
+    kubelet = kubelet_thread_factory(yaml.safe_load(config)["spawner"]["namespace"])
     kubeconfig = hub_kubeconfig(kube_bed, ns, tmp_path / "hub-kubeconfig")
     hub = ChartHub(tmp_path, fence, kubeconfig, config, flavors, base_url=yaml.safe_load(config)["hub"]["baseUrl"]).start()
     try:
