@@ -435,6 +435,19 @@ import os, socket, subprocess, sys, threading
 sock_path, port, log_path, squid_uid = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 command = sys.argv[5:]
 subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+# The container's file system as the chart sets it up: the root read-only, squid's run-time
+# folder an empty writable one; the test folder stays writable for the socket and the log.
+work = os.path.dirname(sock_path)
+subprocess.run(["mount", "--bind", work, work], check=True)
+subprocess.run(["mount", "-o", "remount,bind,ro", "/"], check=True)
+subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777,size=16m", "tmpfs", "/run/squid"], check=True)
+try:
+    open("/gen3ws-read-only-probe", "w").close()
+    root = "writable"
+except OSError:
+    root = "read-only"
+with open(os.path.join(work, "root-fs"), "w") as f:
+    f.write(root)
 log = os.open(log_path, os.O_WRONLY | os.O_APPEND)
 if os.geteuid() == 0:
     command = ["setpriv", f"--reuid={squid_uid}", f"--regid={squid_uid}", "--clear-groups", *command]
@@ -483,6 +496,7 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 @dataclass
 class IsolatedSquid:
     socket_path: str
+    root_fs: Path
     log_path: Path
     process: subprocess.Popen[bytes]
 
@@ -501,7 +515,7 @@ class IsolatedSquid:
 
 
 def _require_netns() -> None:
-    probe = subprocess.run(["unshare", "--net", "true"], capture_output=True, text=True)
+    probe = subprocess.run(["unshare", "--net", "--mount", "true"], capture_output=True, text=True)
     if probe.returncode == 0:
         return
     message = f"cannot make a network namespace (unshare --net: {probe.stderr.strip()}); squid's private-address refusals are only tested isolated"
@@ -543,10 +557,10 @@ def isolated_squid() -> Iterator[IsolatedSquid]:
     (tmp / "relay.py").write_text(RELAY, encoding="utf-8")
     socket_path = str(tmp / "squid.sock")
     process = subprocess.Popen(
-        ["unshare", "--net", sys.executable, str(tmp / "relay.py"), socket_path, str(port), str(log_path), str(SQUID_UID), SQUID, "-N", "-f", str(tmp / "squid.conf")],
+        ["unshare", "--net", "--mount", "--propagation", "private", sys.executable, str(tmp / "relay.py"), socket_path, str(port), str(log_path), str(SQUID_UID), SQUID, "-N", "-f", str(tmp / "squid.conf")],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(tmp / "relay.err", "wb"), start_new_session=True,
     )
-    isolated = IsolatedSquid(socket_path, log_path, process)
+    isolated = IsolatedSquid(socket_path, tmp / "root-fs", log_path, process)
     deadline = time.monotonic() + 30
     while True:
         if process.poll() is not None:
@@ -597,3 +611,11 @@ def test_public_addresses_pass_the_rules_unless_denied(isolated_squid: IsolatedS
     # Allowed, then no route in the namespace: squid's "cannot connect" answer.
     assert isolated_squid.get(f"http://{PUBLIC_TARGET[0]}/control") in (502, 503, 504)
     assert isolated_squid.get(f"http://{DENIED_TARGET[0]}/control") == 403
+
+
+def test_squid_runs_on_a_read_only_root_file_system(isolated_squid: IsolatedSquid) -> None:
+    """readOnlyRootFilesystem in the chart: this squid has answered every test above on one."""
+    assert isolated_squid.root_fs.read_text() == "read-only"
+    assert isolated_squid.get("http://not-whitelisted.example.net/") == 403
+    assert isolated_squid.process.poll() is None
+    assert "FATAL" not in isolated_squid.log() and "Read-only file system" not in isolated_squid.log()
