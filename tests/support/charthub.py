@@ -27,6 +27,7 @@ c.JupyterHub.cleanup_servers = True
 c.ConfigurableHTTPProxy.should_start = True
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
 c.ConfigurableHTTPProxy.command = [{chp!r}]
+c.ConfigurableHTTPProxy.pid_file = "{proxy_pid}"
 c.Gen3KubeSpawner.flavor_file = {flavors!r}
 c.Gen3KubeSpawner.cmd = [{singleuser!r}]
 c.Gen3KubeSpawner.args = ["--allow-root"]
@@ -41,9 +42,17 @@ class ChartHub(Hub):
 
     ready_marker = "JupyterHub is now running"
 
-    def __init__(self, tmp: Path, fence: FenceStandIn, kubeconfig: Path, config_yaml: str, flavors_yaml: str, base_url: str = "/workspace/"):
-        """`config_yaml` and `flavors_yaml`: the data of the ConfigMaps the chart installed."""
+    def __init__(
+        self, tmp: Path, fence: FenceStandIn, kubeconfig: Path, config_yaml: str, flavors_yaml: str, base_url: str = "/workspace/", read_only_root: bool = False
+    ):
+        """`config_yaml` and `flavors_yaml`: the data of the ConfigMaps the chart installed.
+
+        `read_only_root`: run the hub (and the proxy it starts) in a mount namespace whose root
+        file system is read-only except /tmp, as the chart's readOnlyRootFilesystem has it
+        (needs root for unshare and mount).
+        """
         super().__init__(tmp, fence=fence)
+        self.read_only_root = read_only_root
         self.kubeconfig = kubeconfig
         self.config_yaml = config_yaml
         self.flavors_yaml = flavors_yaml
@@ -60,7 +69,7 @@ class ChartHub(Hub):
             PLUMBING.format(
                 config=str(config), port=self.port, hub_port=free_port(), api_port=free_port(), db=self.tmp / "jupyterhub.sqlite",
                 chp=find_proxy_command(), flavors=str(flavors), singleuser=str(Path(sys.executable).with_name("jupyterhub-singleuser")),
-                base=self.base_url, test_config=str(test_config),
+                base=self.base_url, test_config=str(test_config), proxy_pid=self.tmp / "proxy.pid",
             )
         )
         # What the chart's hub Secret gives the hub as env.
@@ -71,5 +80,10 @@ class ChartHub(Hub):
             JUPYTERHUB_CRYPT_KEY=secrets.token_hex(32),
             CONFIGPROXY_AUTH_TOKEN=secrets.token_hex(32),
         )
-        return [sys.executable, "-m", "jupyterhub", "--config", str(cfg), "--debug"]
+        hub = [sys.executable, "-m", "jupyterhub", "--config", str(cfg), "--debug"]
+        if not self.read_only_root:
+            return hub
+        # /tmp holds this hub's files (its database too), like the chart's emptyDir and volume.
+        remount = 'mount --bind /tmp /tmp && mount -o remount,bind,ro / && exec "$@"'
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", remount, "read-only-root", *hub]
 
