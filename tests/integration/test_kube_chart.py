@@ -407,6 +407,25 @@ async def test_the_users_namespace_enforces_pod_security_restricted(kube_bed: Ku
         assert refused.value.status == 403 and "violates PodSecurity" in refused.value.body
 
 
+async def test_the_charts_own_pods_meet_pod_security_restricted(kube_bed: KubeBed, kube_namespace: str) -> None:
+    """An operator may label the commons' namespace "restricted" too: the hub, proxy and squid pods pass."""
+    ns = kube_namespace
+    async with kube_bed.admin_client() as api:
+        v1 = k8s.CoreV1Api(api)
+        await v1.patch_namespace(ns, k8s_body({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}))
+        install_chart(kube_bed, ns)
+        templates = [d for d in release_manifest(kube_bed, ns) if d["kind"] == "Deployment"]
+        assert {d["metadata"]["name"] for d in templates} == {f"{fullname()}-{c}" for c in ("hub", "proxy", "egress")}
+        for deployment in templates:
+            template = deployment["spec"]["template"]
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": deployment["metadata"]["name"], "labels": template["metadata"]["labels"]}, "spec": template["spec"]}
+            # No controller-manager here: the pod the ReplicaSet would create, through admission.
+            await v1.create_namespaced_pod(ns, k8s_body(pod), dry_run="All")
+        with pytest.raises(k8s.ApiException) as refused:
+            await v1.create_namespaced_pod(ns, k8s_body(ROOT_POD), dry_run="All")
+        assert "violates PodSecurity" in refused.value.body
+
+
 async def test_the_users_namespace_outlives_uninstall_and_is_adopted_again(kube_bed: KubeBed, kube_namespace: str) -> None:
     ns, users = kube_namespace, users_namespace(kube_namespace)
     install_chart(kube_bed, ns)
