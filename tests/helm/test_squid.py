@@ -589,7 +589,10 @@ def test_whitelisted_name_resolving_to_a_non_public_address_is_refused(isolated_
     host = f"{name}.wild.example.org"
     assert isolated_squid.get(f"http://{host}/probe-{name}") == 403, f"{host} -> {PRIVATE_TARGETS[name]}"
     # Refused by the access rules before any connection attempt (which would answer 503 here).
-    lines = [l for l in isolated_squid.log().splitlines() if f"/probe-{name}" in l]
+    # squid writes its access log a moment after it answers.
+    deadline = time.monotonic() + 5
+    while not (lines := [l for l in isolated_squid.log().splitlines() if f"/probe-{name}" in l]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert lines and "TCP_DENIED/403" in lines[-1], lines
 
 
