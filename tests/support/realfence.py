@@ -353,6 +353,11 @@ class FenceBed:
         client_id, client_secret = eval(line, {"__builtins__": {}})  # noqa: S307 - a tuple literal from our own child
         return client_id, client_secret
 
+    def register_hub(self, name: str, hub_url: str, scopes: list[str] | None = None) -> RegisteredClient:
+        """Register a hub at `hub_url` (ending in /) as docs/authentication.md says: callback and scopes."""
+        client_id, secret = self.create_client(name, [f"{hub_url}hub/oauth_callback"], scopes or ["openid", "user", "data", "credentials"])
+        return RegisteredClient(self, client_id, secret)
+
     def blacklisted(self, jti: str) -> bool:
         return bool(self.psql("fence", f"SELECT 1 FROM blacklisted_token WHERE jti = '{jti}'"))
 
@@ -366,6 +371,15 @@ class FenceBed:
         s = requests.Session()
         s.cookies.set(self.fence_config.get("DEV_LOGIN_COOKIE_NAME", "dev_login"), username, domain="127.0.0.1", path="/user")
         return s
+
+
+class RegisteredClient:
+    """A client registered in real Fence, shaped like the stand-in where tests/support/hub.py needs it."""
+
+    def __init__(self, bed: FenceBed, client_id: str, client_secret: str):
+        self.bed, self.client_id, self.client_secret = bed, client_id, client_secret
+        self.url = bed.url
+        self.auto_login: str | None = None  # the stand-in's switch; real Fence reads the dev_login cookie
 
 
 def decode_claims(token: str) -> dict[str, Any]:
