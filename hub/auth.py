@@ -115,7 +115,8 @@ class Gen3OAuthenticator(GenericOAuthenticator):
         value_trait=Unicode(),
         config=True,
         help="""Map Fence authz resource paths to JupyterHub group names, e.g.
-        `{"/workspace/gpu": "gpu-users"}`. A user holding any permission on the resource is put
+        `{"/workspace-flavors/gpu": "gpu-users"}` (not under /workspace, whose subresources arborist
+        grants to everyone holding it). A user holding any permission on the resource is put
         in the group, alongside the groups Fence lists in userinfo `groups`. Flavors restrict
         access by group.
         """,

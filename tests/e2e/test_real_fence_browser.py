@@ -12,6 +12,7 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect
 
+from gen3workspace.spawner.flavors import default_catalogue_path
 from tests.support.browser import open_notebook, run_in_notebook, screenshot_path, start_flavor, stop_server
 from tests.support.hub import Hub
 from tests.support.realfence import FenceBed
@@ -21,7 +22,13 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def hub(real_fence: FenceBed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    h = Hub(tmp_path_factory.mktemp("realfence-e2e"), extra_args=["--commons-name", "Real Fence Commons"])
+    tmp = tmp_path_factory.mktemp("realfence-e2e")
+    # The GPU flavor restricted the documented way for a commons: by arborist resource.
+    flavors = tmp / "flavors.yaml"
+    example = default_catalogue_path().read_text()
+    assert "    allowed_groups: [gpu-users]\n" in example
+    flavors.write_text(example.replace("    allowed_groups: [gpu-users]\n", "    authz_resource: /workspace-flavors/gpu\n"))
+    h = Hub(tmp, extra_args=["--commons-name", "Real Fence Commons", "--flavors", str(flavors)])
     # Logout ends at the hub's own login page: allowed because it is the client's redirect host.
     h.extra_args += ["--portal-url", h.url]
     h.fence = real_fence.register_hub("workspace-e2e", h.url)
@@ -69,6 +76,18 @@ def test_login_spawn_sdk_against_real_fence_then_stop_revokes_the_key(page: Page
     r = requests.post(f"{real_fence.fence_url}/credentials/api/access_token", json={"api_key": key["api_key"]}, timeout=30)
     assert r.status_code == 401
     assert key["api_key"] not in hub.log()
+
+
+def test_flavor_access_by_arborist_resource(hub: Hub) -> None:
+    # userinfo `groups` is empty for both; only gpu-gabi holds /workspace-flavors/gpu in arborist.
+    for user, sees_gpu in (("gpu-gabi", True), ("alice", False)):
+        s, r = hub.login(user)
+        assert r.status_code == 200, r.text[:300]
+        form = s.get(f"{hub.url}hub/spawn", timeout=30).text
+        assert ('value="python-gpu"' in form) is sees_gpu, user
+        assert hub.user_model(user)["groups"] == []
+    r = hub.api("POST", "users/alice/server", json={"flavor": "python-gpu"})
+    assert r.status_code == 403 and "not allowed" in r.json()["message"]
 
 
 def test_user_without_the_policy_gets_our_403_page(page: Page, hub: Hub, real_fence: FenceBed) -> None:
