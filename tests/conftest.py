@@ -35,6 +35,7 @@ def _reset_fence(request: pytest.FixtureRequest) -> Iterator[None]:
         f: FenceStandIn = request.getfixturevalue("fence")
         f.fail_500 = False
         f.reject_refresh = False
+        f.token_delay = 0.0
         f.auto_login = None
         f.access_token_lifetime = 1200
         if f._thread is None:

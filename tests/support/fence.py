@@ -104,6 +104,7 @@ class FenceStandIn:
         # Failure switches.
         self.fail_500 = False
         self.reject_refresh = False
+        self.token_delay = 0.0  # seconds the token endpoint takes ("Fence is slow")
         # Non-interactive login: authorize redirects straight back as this user.
         self.auto_login: str | None = None
         self.calls: list[Call] = []
@@ -406,6 +407,8 @@ class FenceStandIn:
 
     async def _token(self, request: web.Request) -> web.Response:
         client_id = self._check_client(request)
+        if self.token_delay:
+            await asyncio.sleep(self.token_delay)
         form = await request.post()
         grant = str(form.get("grant_type", ""))
         request[GRANT_TYPE] = grant
