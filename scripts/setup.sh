@@ -55,5 +55,7 @@ if [ "$what" = test ]; then
   ensure_debian_packages
   [ -x scripts/get-helm.sh ] && scripts/get-helm.sh >/dev/null
   [ -x tests/support/kube/build.sh ] && tests/support/kube/build.sh
+  # The real gen3-client, built from the commit the notebook image pins (cached in .cache/).
+  tests/support/gen3client/build.sh >/dev/null
 fi
 log "ready"

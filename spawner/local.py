@@ -77,6 +77,8 @@ class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
         env = super().get_env()
         # The notebook image's Jupyter Server settings (portal embedding, idle culling).
         env["JUPYTER_CONFIG_PATH"] = str(Path(__file__).with_name("singleuser"))
+        # As in the notebook image: gen3-client's release check asks GitHub before every command.
+        env["GEN3_CLIENT_VERSION_CHECK"] = "false"
         return env
 
     async def start(self) -> Any:
