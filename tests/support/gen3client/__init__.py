@@ -6,6 +6,7 @@ import configparser
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -47,8 +48,9 @@ def hook_profile(output: str) -> str:
 
 
 def gen3_client(args: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run the real binary with the server's env (no `configure` anywhere)."""
-    return subprocess.run([str(binary()), *args], env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+    """Run the real binary with the server's env (no `configure` anywhere): the server's own from its PATH, else the built one."""
+    program = shutil.which("gen3-client", path=env.get("PATH", "")) or str(binary())
+    return subprocess.run([program, *args], env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def read_profile(home: Path, profile: str) -> dict[str, str]:
