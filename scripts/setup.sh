@@ -36,6 +36,8 @@ ensure_debian_packages() {
   local missing=()
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   [ -x /usr/sbin/squid ] || missing+=(squid)
+  # The hub's external-database test runs a private PostgreSQL cluster from Debian's server.
+  compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" != 0 ]; then
     log "missing Debian packages: ${missing[*]} (run as root, or apt-get install them)"; exit 1
@@ -46,6 +48,9 @@ ensure_debian_packages() {
   # squid's package starts a system service we do not want; the tests run their own.
   if [[ " ${missing[*]} " == *" squid "* ]]; then
     (service squid stop || true) >/dev/null 2>&1
+  fi
+  if [[ " ${missing[*]} " == *" postgresql "* ]]; then
+    (service postgresql stop || true) >/dev/null 2>&1
   fi
 }
 
