@@ -104,6 +104,8 @@ def test_hub_image_runs_as_uid_1000_from_the_lock() -> None:
     chart_cmd = re.search(r"command: (\[.*\])", (REPO_ROOT / "helm/gen3-workspace/templates/hub/deployment.yaml").read_text()).group(1)
     assert runtime[-1] == f"CMD {chart_cmd}"
     assert not any("configurable-http-proxy" in s for s in steps if s.startswith(("RUN", "COPY")))
+    # The driver of hub.db.type external (postgresql+psycopg://) is in the image, with its libpq.
+    assert any("import gen3workspace.hub" in s and "psycopg.pq.__impl__ == 'binary'" in s for s in steps)
 
 
 def test_notebook_image_installs_hook_config_and_requirements() -> None:
