@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -438,3 +439,12 @@ def test_a_runtime_dir_on_the_drive_is_refused(run_hook: RunHook, home: Path) ->
     assert "inside the home folder" in result.stderr
     assert files_holding(home, SIGNATURE) == []
     assert_no_secret(result)
+
+
+def test_without_a_key_a_link_left_by_a_dead_session_is_removed(run_hook: RunHook, home: Path, tmp_path: Path) -> None:
+    assert run_hook().returncode == 0
+    shutil.rmtree(tmp_path / "runtime")  # the server stopped
+
+    assert run_hook(GEN3_API_KEY=None).returncode == 0
+
+    assert not config_path(home).is_symlink() and not config_path(home).exists()

@@ -319,13 +319,27 @@ def _link(link: Path, target: Path) -> bool:
     return True
 
 
+def _drop_dead_link(home: Path) -> None:
+    """Remove a link left by an earlier session whose file died with its server.
+
+    Without it `gen3-client configure` would try to create the file at the dead target; with
+    it gone, it writes a plain file on the drive (the user's own key, their choice), which
+    the next start with a workspace key moves into my_profiles.ini.
+    """
+    link = home / CONFIG_DIR_NAME / CONFIG_FILE_NAME
+    if link.is_symlink() and not link.exists():
+        link.unlink()
+
+
 def configure_profile(env: Mapping[str, str], home: Path) -> Outcome:
     """Write the workspace's profile into the session's gen3-client file and link it from home/.gen3."""
     key_path_value = env.get("GEN3_API_KEY", "").strip()
     if not key_path_value:
+        _drop_dead_link(home)
         return Outcome(False, "GEN3_API_KEY is not set; no gen3-client profile written")
     key_path = Path(key_path_value)
     if not key_path.exists():
+        _drop_dead_link(home)
         return Outcome(False, f"GEN3_API_KEY points to {key_path}, which does not exist; no gen3-client profile written")
 
     key_id, api_key = read_credentials(key_path)
