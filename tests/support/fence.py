@@ -533,6 +533,12 @@ class FenceStandIn:
             raise web.HTTPForbidden(text="<Error><Code>AccessDenied</Code><Message>Request has expired or signature does not match</Message></Error>")
         return guid
 
+    @staticmethod
+    def _error_page(status: int, message: str) -> web.Response:
+        # Fence 13 answers errors of these routes with its HTML error page (error_handler.py).
+        body = f"<!doctype html><title>{status} Error</title><h1>{status}</h1><p>{html.escape(message)}</p>"
+        return web.Response(status=status, text=body, content_type="text/html")
+
     def _may(self, username: str, resources: list[str], service: str, method: str) -> bool:
         granted = self.users[username].authz
         for resource in resources:
@@ -552,12 +558,12 @@ class FenceStandIn:
         guid = request.match_info["guid"]
         record = self.objects.get(guid)
         if record is None:
-            return web.json_response({"error": {"message": f"No indexed document found with id {guid}", "code": 404}}, status=404)
+            return self._error_page(404, f"No indexed document found with id {guid}")
         username = self._bearer_user(request)
         if record["authz"] and not self._may(username, record["authz"], "fence", "read-storage"):
-            return web.json_response({"error": {"message": f"You don't have access permission on this file: {guid}", "code": 403}}, status=403)
+            return self._error_page(403, f"You don't have access permission on this file: {guid}")
         if record["content"] is None:
-            return web.json_response({"error": {"message": f"Can't find a location for the data with id {guid}", "code": 404}}, status=404)
+            return self._error_page(404, f"Can't find a location for the data with id {guid}")
         url = self.presigned_url("GET", guid, record["file_name"])
         if "redirect" in request.query:
             raise web.HTTPFound(url)
@@ -570,15 +576,15 @@ class FenceStandIn:
         except ValueError:
             params = None
         if not isinstance(params, dict):
-            return web.json_response({"error": {"message": "wrong Content-Type; expected application/json", "code": 400}}, status=400)
+            return self._error_page(400, "wrong Content-Type; expected application/json")
         if "file_name" not in params:
-            return web.json_response({"error": {"message": "missing required argument `file_name`", "code": 400}}, status=400)
+            return self._error_page(400, "missing required argument `file_name`")
         authz = params.get("authz") or []
         allowed = self._may(username, authz, "fence", "create") and self._may(username, authz, "fence", "write-storage") if authz else self._may(username, ["/data_file"], "fence", "file_upload")
         if not allowed:
-            return web.json_response(
-                {"error": {"message": "You do not have access to upload data. You either need general file uploader permissions or create and write-storage permissions on the authz resources you specified (if you specified any).", "code": 403}},
-                status=403,
+            return self._error_page(
+                403,
+                "You do not have access to upload data. You either need general file uploader permissions or create and write-storage permissions on the authz resources you specified (if you specified any).",
             )
         guid = params.get("guid") or f"dg.TEST/{uuid.uuid4()}"
         self.objects[guid] = self._index_record(guid, params["file_name"], authz, None, uploader="" if authz else username)
