@@ -36,8 +36,9 @@ ensure_debian_packages() {
   local missing=()
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   [ -x /usr/sbin/squid ] || missing+=(squid)
-  # The hub's external-database test runs a private PostgreSQL cluster from Debian's server.
-  compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || missing+=(postgresql)
+  # The real-Fence test bed (tests/support/realfence.py) and the hub's external-database test
+  # run private PostgreSQL clusters from Debian's server.
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" != 0 ]; then
     log "missing Debian packages: ${missing[*]} (run as root, or apt-get install them)"; exit 1
@@ -60,6 +61,7 @@ if [ "$what" = test ]; then
   ensure_debian_packages
   [ -x scripts/get-helm.sh ] && scripts/get-helm.sh >/dev/null
   [ -x tests/support/kube/build.sh ] && tests/support/kube/build.sh
+  tests/support/fencebed/build.sh >/dev/null
   # The real gen3-client, built from the commit the notebook image pins (cached in .cache/).
   tests/support/gen3client/build.sh >/dev/null
 fi

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,52 +69,45 @@ def files_holding(folder: Path, secret: str) -> list[Path]:
     return found
 
 
-def _decode_exp(token: str) -> float:
-    import jwt
-
-    return float(jwt.decode(token, options={"verify_signature": False})["exp"])
-
-
 def check_session(fence: Any, env: Mapping[str, str], drive: Path, profile: str, guid: str, content: bytes) -> dict[str, str]:
     """What a researcher does first in a fresh server, checked step by step; returns the profile gen3-client saved.
 
     `gen3-client auth` works with no `configure`; `download-single` writes the file into the
     drive; neither the key nor a token lands on the drive; once the saved token has expired,
     the next command gets a 401 and refreshes with the API key by itself. `fence` is the
-    stand-in; its `access_token_lifetime` is shortened for the refresh and restored.
+    stand-in: it signs the expired token put in place of the saved one (what the file holds
+    an hour later).
     """
     key = json.loads(Path(env["GEN3_API_KEY"]).read_text())
-    lifetime, fence.access_token_lifetime = fence.access_token_lifetime, 4
-    try:
-        before = len(fence.calls)
-        auth = gen3_client(["auth", f"--profile={profile}"], env, drive)
-        assert auth.returncode == 0, auth.stderr
-        assert "You have access to the following resource(s)" in auth.stderr, auth.stderr
-        exchanged = [c.status for c in fence.calls[before:] if c.path == "/user/credentials/api/access_token"]
-        assert exchanged == [200], "the hook's placeholder token is traded for a real one"
+    before = len(fence.calls)
+    auth = gen3_client(["auth", f"--profile={profile}"], env, drive)
+    assert auth.returncode == 0, auth.stderr
+    assert "You have access to the following resource(s)" in auth.stderr, auth.stderr
+    exchanged = [c.status for c in fence.calls[before:] if c.path == "/user/credentials/api/access_token"]
+    assert exchanged == [200], "the hook's placeholder token is traded for a real one"
 
-        download = gen3_client(["download-single", f"--profile={profile}", f"--guid={guid}", "--download-path=data", "--no-prompt"], env, drive)
-        assert download.returncode == 0, download.stderr
-        name = fence.objects[guid]["file_name"]
-        assert (drive / "data" / name).read_bytes() == content
+    download = gen3_client(["download-single", f"--profile={profile}", f"--guid={guid}", "--download-path=data", "--no-prompt"], env, drive)
+    assert download.returncode == 0, download.stderr
+    name = fence.objects[guid]["file_name"]
+    assert (drive / "data" / name).read_bytes() == content
 
-        saved = read_profile(drive, profile)
-        assert saved["key_id"] == key["key_id"] and saved["access_token"].count(".") == 2
-        assert (drive / CONFIG).is_symlink(), "gen3-client's file is a link off the drive"
-        assert files_holding(drive, key["api_key"].rsplit(".", 1)[1]) == [], "the API key must not be on the persistent drive"
-        assert files_holding(drive, saved["access_token"].rsplit(".", 1)[1]) == []
+    saved = read_profile(drive, profile)
+    assert saved["key_id"] == key["key_id"] and saved["access_token"].count(".") == 2
+    assert (drive / CONFIG).is_symlink(), "gen3-client's file is a link off the drive"
+    assert files_holding(drive, key["api_key"].rsplit(".", 1)[1]) == [], "the API key must not be on the persistent drive"
+    assert files_holding(drive, saved["access_token"].rsplit(".", 1)[1]) == []
 
-        time.sleep(max(0.0, _decode_exp(saved["access_token"]) - time.time() + 1))
-        before = len(fence.calls)
-        again = gen3_client(["auth", f"--profile={profile}"], env, drive)
-        assert again.returncode == 0, again.stderr
-        calls = [(c.path, c.status) for c in fence.calls[before:]]
-        assert calls[:3] == [("/user/user", 401), ("/user/credentials/api/access_token", 200), ("/user/user", 200)], calls
-        refreshed = read_profile(drive, profile)
-        assert refreshed["access_token"] != saved["access_token"]
-        return refreshed
-    finally:
-        fence.access_token_lifetime = lifetime
+    expired = fence.mint_access_token(fence.api_keys[key["key_id"]]["username"], lifetime=-60)
+    config = drive / CONFIG
+    config.write_text(config.read_text().replace(saved["access_token"], expired))  # in place, through the link
+    before = len(fence.calls)
+    again = gen3_client(["auth", f"--profile={profile}"], env, drive)
+    assert again.returncode == 0, again.stderr
+    calls = [(c.path, c.status) for c in fence.calls[before:]]
+    assert calls[:3] == [("/user/user", 401), ("/user/credentials/api/access_token", 200), ("/user/user", 200)], calls
+    refreshed = read_profile(drive, profile)
+    assert refreshed["access_token"] not in (saved["access_token"], expired)
+    return refreshed
 
 
 def check_refused(fence: Any, profile: str, old: Mapping[str, str], home: Path) -> None:
