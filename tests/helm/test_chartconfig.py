@@ -116,10 +116,16 @@ def test_fence_admins_get_the_limited_role_unless_server_access_is_asked_for(tmp
 def test_external_db_gets_the_password_spliced_in(tmp_path: Path) -> None:
     env = {**ENV, "GEN3WS_DB_PASSWORD": "p@ss/word"}
     c = _apply(tmp_path, "external-db.yaml", env=env)
-    assert c.JupyterHub.db_url == "postgresql+psycopg2://jupyterhub:p%40ss%2Fword@postgres.databases.svc:5432/jupyterhub"
+    assert c.JupyterHub.db_url == "postgresql+psycopg://jupyterhub:p%40ss%2Fword@postgres.databases.svc:5432/jupyterhub"
     assert c.JupyterHub.upgrade_db is False
     without = _apply(tmp_path, "external-db.yaml")
-    assert without.JupyterHub.db_url == "postgresql+psycopg2://jupyterhub@postgres.databases.svc:5432/jupyterhub"
+    assert without.JupyterHub.db_url == "postgresql+psycopg://jupyterhub@postgres.databases.svc:5432/jupyterhub"
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg2://u@db:5432/j", "mysql+pymysql://u@db/j", "notadriver://x"])
+def test_external_db_without_a_driver_in_the_image_is_a_clear_error(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ChartConfigError, match=r"hub\.db\.url cannot be used.*postgresql\+psycopg://"):
+        _apply(tmp_path, "external-db.yaml", overrides={"hub": {"db": {"url": url}}})
 
 
 def test_egress_off_means_no_proxy_env(tmp_path: Path) -> None:
