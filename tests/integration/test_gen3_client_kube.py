@@ -69,8 +69,9 @@ async def start_pod(fence: FenceStandIn, ns: str, harness: KubeletHarness) -> tu
     spawner.user_options = {"flavor": "python-small"}
     await spawner.start()
     running = await harness.wait_for_ready(spawner.pod_name)
-    pod = await spawner.api.read_namespaced_pod(spawner.pod_name, ns)
-    assert not pod.spec.containers[0].command, "the image's entrypoint (start.sh) runs; KubeSpawner passes only args"
+    # As the spawner sees it (its reflector lists and watches): the hub's Role has no pod `get`.
+    pod = spawner.pod_reflector.pods[f"{ns}/{spawner.pod_name}"]
+    assert not pod["spec"]["containers"][0].get("command"), "the image's entrypoint (start.sh) runs; KubeSpawner passes only args"
     assert "gen3-client-profile: gen3-client profile" in running.logs(), running.logs()
     return spawner, running, hook_profile(running.logs())
 
