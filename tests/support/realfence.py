@@ -10,6 +10,7 @@ prefix-stripping WSGI wrapper, as Gen3's revproxy does.
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import os
@@ -350,7 +351,7 @@ class FenceBed:
         out = self.fence_create(*args)
         # It prints the tuple repr last: ('<id>', '<secret>')
         line = [ln for ln in out.splitlines() if ln.startswith("(")][-1]
-        client_id, client_secret = eval(line, {"__builtins__": {}})  # noqa: S307 - a tuple literal from our own child
+        client_id, client_secret = ast.literal_eval(line)
         return client_id, client_secret
 
     def register_hub(self, name: str, hub_url: str, scopes: list[str] | None = None) -> RegisteredClient:
