@@ -151,9 +151,14 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
         self.node_selector = dict(flavor.node_selector)
         self.tolerations = [dict(t) for t in flavor.tolerations]
 
+    # The flavor _start() checked; KubeSpawner's own load_user_options() call then reuses it.
+    _started_flavor: Any = None
+    _credentials_task: "asyncio.Future[None] | None" = None
+
     async def load_user_options(self) -> None:
         # Checked here, before KubeSpawner creates anything, so a forged request creates no object.
-        self.apply_flavor(await self.choose_flavor(self.user_options))
+        flavor = self._started_flavor or await self.choose_flavor(self.user_options)
+        self.apply_flavor(flavor)
 
     # --- env, pod, secret ----------------------------------------------------------------
 
@@ -175,6 +180,9 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
         )
 
     async def get_pod_manifest(self) -> Any:
+        if self._credentials_task is not None:
+            # The pod mounts the Secret: it is created once the key is in place.
+            await self._credentials_task
         pod = await super().get_pod_manifest()
         pod.metadata.annotations = {**(pod.metadata.annotations or {}), "gen3username": self.user.name}
         pod.metadata.annotations.setdefault("hub.jupyter.org/username", self.user.name)
@@ -233,16 +241,24 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    async def _start(self) -> Any:
-        await self.load_user_options()
+    async def _store_credentials(self) -> None:
         key = await self.mint_api_key()
         if key:
+            await self._write_credentials_secret(key)
+
+    async def _start(self) -> Any:
+        async with self.spawn_scope():
             try:
-                await self._write_credentials_secret(key)
-            except Exception:
-                await self.revoke_api_key()
-                raise
-        # KubeSpawner loads user options again; applying the same flavor twice is harmless.
+                await self.load_user_options()
+                self._started_flavor = self.flavor
+                return await self._start_checked()
+            finally:
+                self._started_flavor = self._credentials_task = None
+
+    async def _start_checked(self) -> Any:
+        # The Fence key and its Secret need nothing from the PVC or the pod reflector: they go
+        # alongside KubeSpawner's start, whose pod manifest waits for them.
+        credentials = self._credentials_task = asyncio.ensure_future(self._store_credentials())
         start = asyncio.ensure_future(super()._start())
         watchdog = asyncio.ensure_future(self._fatal_pod_error())
         try:
@@ -259,6 +275,8 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
             # it would go on to create a pod nobody tracks.
             if not start.done():
                 start.cancel()
+            # A key being minted is let finish, so it is revoked below instead of left behind.
+            await asyncio.gather(credentials, return_exceptions=True)
             await self._cleanup_credentials()
             raise
         finally:
@@ -291,7 +309,7 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
 
     async def _cleanup_credentials(self) -> None:
         had_key = bool(self._api_key_id)
-        # Read before revoking: the stored key can revoke itself when the user's session is gone.
-        await self.revoke_api_key(await self.stored_key() if had_key else None)
+        # Revoked before the Secret goes: the stored key can revoke itself when the user's session is gone.
+        await self.revoke_api_key()
         if had_key or self.issue_api_key:
             await self._delete_credentials_secret()
