@@ -153,7 +153,8 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
 
     # The flavor _start() checked; KubeSpawner's own load_user_options() call then reuses it.
     _started_flavor: Any = None
-    _credentials_task: "asyncio.Future[None] | None" = None
+    # The Fence key being minted for the spawn in progress; the pod is created once it exists.
+    _key_task: "asyncio.Future[dict[str, str] | None] | None" = None
 
     async def load_user_options(self) -> None:
         # Checked here, before KubeSpawner creates anything, so a forged request creates no object.
@@ -180,9 +181,10 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
         )
 
     async def get_pod_manifest(self) -> Any:
-        if self._credentials_task is not None:
-            # The pod mounts the Secret: it is created once the key is in place.
-            await self._credentials_task
+        if self._key_task is not None:
+            # No pod without a key: a user Fence refuses gets a clear error and no pod. The
+            # Secret is written alongside the pod; the kubelet mounts it only after scheduling.
+            await self._key_task
         pod = await super().get_pod_manifest()
         pod.metadata.annotations = {**(pod.metadata.annotations or {}), "gen3username": self.user.name}
         pod.metadata.annotations.setdefault("hub.jupyter.org/username", self.user.name)
@@ -241,8 +243,8 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    async def _store_credentials(self) -> None:
-        key = await self.mint_api_key()
+    async def _store_key(self, minting: "asyncio.Future[dict[str, str] | None]") -> None:
+        key = await minting
         if key:
             await self._write_credentials_secret(key)
 
@@ -253,18 +255,21 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
                 self._started_flavor = self.flavor
                 return await self._start_checked()
             finally:
-                self._started_flavor = self._credentials_task = None
+                self._started_flavor = self._key_task = None
 
     async def _start_checked(self) -> Any:
         # The Fence key and its Secret need nothing from the PVC or the pod reflector: they go
-        # alongside KubeSpawner's start, whose pod manifest waits for them.
-        credentials = self._credentials_task = asyncio.ensure_future(self._store_credentials())
+        # alongside KubeSpawner's start.
+        minting = self._key_task = asyncio.ensure_future(self.mint_api_key())
+        storing = asyncio.ensure_future(self._store_key(minting))
         start = asyncio.ensure_future(super()._start())
         watchdog = asyncio.ensure_future(self._fatal_pod_error())
         try:
             done, _ = await asyncio.wait({start, watchdog}, return_when=asyncio.FIRST_COMPLETED)
             if start in done:
-                return start.result()
+                url = start.result()
+                await storing
+                return url
             # KubeSpawner would wait out start_timeout on a pod that can never start.
             start.cancel()
             message = watchdog.result()
@@ -276,7 +281,7 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
             if not start.done():
                 start.cancel()
             # A key being minted is let finish, so it is revoked below instead of left behind.
-            await asyncio.gather(credentials, return_exceptions=True)
+            await asyncio.gather(storing, return_exceptions=True)
             await self._cleanup_credentials()
             raise
         finally:
