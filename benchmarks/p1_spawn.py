@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import re
 import sys
 import tempfile
 import time
@@ -81,6 +81,20 @@ async def one_run(side: str, spawner: Any) -> dict[str, Any]:
 
     spawner._make_create_pod_request = create_pod
 
+    # Where the time before the pod goes: the PVC, and for ours the Fence key and its Secret.
+    def mark_end(name: str, fn: Any) -> Any:
+        async def wrapped(*args: Any, **kw: Any) -> Any:
+            result = await fn(*args, **kw)
+            marks.setdefault(name, time.monotonic())
+            return result
+
+        return wrapped
+
+    spawner._make_create_pvc_request = mark_end("pvc_created", spawner._make_create_pvc_request)
+    if hasattr(spawner, "mint_api_key"):
+        spawner.mint_api_key = mark_end("key_minted", spawner.mint_api_key)
+        spawner._write_credentials_secret = mark_end("secret_written", spawner._write_credentials_secret)
+
     async def watch_running() -> None:
         key = f"{spawner.namespace}/{spawner.pod_name}"
         while True:
@@ -115,6 +129,9 @@ async def one_run(side: str, spawner: Any) -> dict[str, Any]:
         "side": side,
         "user": spawner.user.name,
         "to_pod_created": marks["pod_created"] - t0,
+        "to_pvc_created": marks["pvc_created"] - t0,
+        "to_key_minted": marks["key_minted"] - t0 if "key_minted" in marks else None,
+        "to_secret_written": marks["secret_written"] - t0 if "secret_written" in marks else None,
         "to_running": marks["running"] - t0,
         "start_returned": t_started - t0,
         "stop": s1 - s0,
@@ -149,12 +166,18 @@ async def run_all(bb: BenchBed, fence: Any, pairs: int) -> list[dict[str, Any]]:
     return runs
 
 
+def generic(label: str, user: str) -> str:
+    """A call with this run's user and key written generically, so runs can be compared."""
+    return re.sub(r"/user/credentials/api/[0-9a-f-]{36}", "/user/credentials/api/<key_id>", label.replace(user, "<user>"))
+
+
 def attribute_api_calls(bb: BenchBed, runs: list[dict[str, Any]]) -> None:
     calls = bb.api_calls(bb.hub_user)
     for r in runs:
         for phase in ("start", "stop"):
             lo, hi = r[f"window_{phase}"]
-            r[f"k8s_{phase}"] = [c.label() for c in calls if lo <= c.at <= hi]
+            r[f"k8s_{phase}"] = [generic(c.label(), r["user"]) for c in calls if lo <= c.at <= hi]
+        r["fence_calls"] = [generic(c, r["user"]) for c in r["fence_calls"]]
 
 
 def modal(lists: list[list[str]]) -> tuple[list[str], int]:
@@ -168,7 +191,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for side in ("ours", "peer"):
         mine = [r for r in runs if r["side"] == side]
-        out[side] = {k: summary(r[k] for r in mine) for k in ("to_pod_created", "to_running", "start_returned", "stop")}
+        out[side] = {k: summary(r[k] for r in mine) for k in ("to_pvc_created", "to_key_minted", "to_secret_written", "to_pod_created", "to_running", "start_returned", "stop")}
         for phase in ("start", "stop"):
             calls, n = modal([r[f"k8s_{phase}"] for r in mine])
             out[side][f"k8s_{phase}"] = {"calls": calls, "count": len(calls), "runs_with_this_list": n, "runs": len(mine),
@@ -182,7 +205,8 @@ def report(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     s = res["summary"]
     o, p = s["ours"], s["peer"]
     rows = []
-    for key, label in (("to_pod_created", "start → pod created"), ("to_running", "start → pod Running (reflector)"),
+    for key, label in (("to_pvc_created", "start → PVC created"), ("to_key_minted", "start → Fence key minted"), ("to_secret_written", "start → key Secret written"),
+                       ("to_pod_created", "start → pod created"), ("to_running", "start → pod Running (reflector)"),
                        ("start_returned", "start → start() returned"), ("stop", "stop + post-stop hook")):
         rows.append([label, fmt(o[key]["median"]), fmt(p[key]["median"]), fmt(ratio(o[key]["median"], p[key]["median"]), "x"),
                      fmt(o[key]["p95"]), fmt(p[key]["p95"]), fmt(ratio(o[key]["p95"], p[key]["p95"]), "x")])

@@ -155,6 +155,8 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
     _started_flavor: Any = None
     # The Fence key being minted for the spawn in progress; the pod is created once it exists.
     _key_task: "asyncio.Future[dict[str, str] | None] | None" = None
+    # Set when the pod's create request goes out; the key's Secret is written from then on.
+    _pod_requested: asyncio.Event | None = None
 
     async def load_user_options(self) -> None:
         # Checked here, before KubeSpawner creates anything, so a forged request creates no object.
@@ -182,8 +184,7 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
 
     async def get_pod_manifest(self) -> Any:
         if self._key_task is not None:
-            # No pod without a key: a user Fence refuses gets a clear error and no pod. The
-            # Secret is written alongside the pod; the kubelet mounts it only after scheduling.
+            # No pod without a key: a user Fence refuses gets a clear error and no pod.
             await self._key_task
         pod = await super().get_pod_manifest()
         pod.metadata.annotations = {**(pod.metadata.annotations or {}), "gen3username": self.user.name}
@@ -243,8 +244,16 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    async def _store_key(self, minting: "asyncio.Future[dict[str, str] | None]") -> None:
+    async def _make_create_pod_request(self, pod: Any, request_timeout: float) -> bool:
+        if self._pod_requested is not None:
+            self._pod_requested.set()
+        return bool(await super()._make_create_pod_request(pod, request_timeout))
+
+    async def _store_key(self, minting: "asyncio.Future[dict[str, str] | None]", pod_requested: asyncio.Event) -> None:
         key = await minting
+        # Written alongside the pod, not before it: the kubelet mounts the Secret only once the
+        # pod is scheduled (and retries until it exists), so the pod need not wait for it.
+        await pod_requested.wait()
         if key:
             await self._write_credentials_secret(key)
 
@@ -255,14 +264,15 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
                 self._started_flavor = self.flavor
                 return await self._start_checked()
             finally:
-                self._started_flavor = self._key_task = None
+                self._started_flavor = self._key_task = self._pod_requested = None
 
     async def _start_checked(self) -> Any:
         # The Fence key and its Secret need nothing from the PVC or the pod reflector: they go
-        # alongside KubeSpawner's start.
-        minting = self._key_task = asyncio.ensure_future(self.mint_api_key())
-        storing = asyncio.ensure_future(self._store_key(minting))
+        # alongside KubeSpawner's start, which is scheduled first so the PVC request leads.
         start = asyncio.ensure_future(super()._start())
+        minting = self._key_task = asyncio.ensure_future(self.mint_api_key())
+        pod_requested = self._pod_requested = asyncio.Event()
+        storing = asyncio.ensure_future(self._store_key(minting, pod_requested))
         watchdog = asyncio.ensure_future(self._fatal_pod_error())
         try:
             done, _ = await asyncio.wait({start, watchdog}, return_when=asyncio.FIRST_COMPLETED)
@@ -281,6 +291,9 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
             if not start.done():
                 start.cancel()
             # A key being minted is let finish, so it is revoked below instead of left behind.
+            await asyncio.gather(minting, return_exceptions=True)
+            if not pod_requested.is_set():
+                storing.cancel()  # no pod, so no Secret to write
             await asyncio.gather(storing, return_exceptions=True)
             await self._cleanup_credentials()
             raise

@@ -39,12 +39,14 @@ def fence() -> Iterator[FenceStandIn]:
 
 @pytest.fixture
 def pods(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """KubeSpawner's own start, cut down to the calls our subclass relies on: options, then the pod manifest."""
+    """KubeSpawner's own start, cut down to the calls our subclass relies on: options, the pod manifest, the create request."""
     made: list[Any] = []
 
     async def start(self: Any) -> str:
         await self.load_user_options()
-        made.append(await self.get_pod_manifest())
+        pod = await self.get_pod_manifest()
+        await self._make_create_pod_request(pod, 10)
+        made.append(pod)
         return "http://127.0.0.1:8888"
 
     monkeypatch.setattr(KubeSpawner, "_start", start)
