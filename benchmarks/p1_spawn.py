@@ -9,7 +9,7 @@ same image, CPU and memory as the flavor, the same PVC and mount. Runs alternate
 Measured per run: start() → the pod exists (the create call answered), → the pod is Running
 and ready in the pod reflector (checked every 5 ms), → start() returned; stop() + post-stop
 hook. Kubernetes calls come from the API server's audit log (the hub identity only), Fence calls
-from the Fence stand-in's record.
+from the Fence stand-in's record; the stand-in runs in a process of its own, as Fence would.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from benchmarks.fence_proc import FenceProcess
 from benchmarks.kubebed_env import BenchBed
 from benchmarks.stats import fmt, goal, goals_table, interleaved, load, ratio, summary, table, write_results
 
@@ -154,12 +155,13 @@ async def run_all(bb: BenchBed, fence: Any, pairs: int) -> list[dict[str, Any]]:
         for side in ("ours", "peer"):
             sp = make_ours(fence, bb.namespace, "warm-o") if side == "ours" else make_peer(bb.namespace, "warm-p")
             await one_run(side, sp)
+        fence_seen = len(fence.calls_since(0))
         for i, side in enumerate(interleaved(pairs)):
             name = f"o{i}" if side == "ours" else f"p{i}"
-            fence_before = len(fence.calls)
             sp = make_ours(fence, bb.namespace, name) if side == "ours" else make_peer(bb.namespace, name)
             r = await one_run(side, sp)
-            r["fence_calls"] = [f"{c.method} {c.path} → {c.status}" for c in fence.calls[fence_before:]]
+            r["fence_calls"] = fence.calls_since(fence_seen)
+            fence_seen += len(r["fence_calls"])
             runs.append(r)
     finally:
         await KubeSpawner._stop_all_reflectors()
@@ -234,12 +236,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", type=int, default=20, help="runs per side (after one warm-up each)")
     args = p.parse_args(argv)
-    from tests.support.fence import FenceStandIn
-
     loads = [load()]
     with tempfile.TemporaryDirectory(prefix="bench-p1-") as tmp:
         bb = BenchBed(Path(tmp)).start()
-        fence = FenceStandIn().start()
+        fence = FenceProcess()
         try:
             bb.start_kubelet()
             runs = asyncio.run(run_all(bb, fence, args.pairs))

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -28,7 +29,7 @@ import aiohttp
 import yaml
 
 from benchmarks.kubebed_env import BenchBed
-from benchmarks.stats import fmt, goal, goals_table, load, ratio, summary, table, write_results
+from benchmarks.stats import RESULTS_DIR, fmt, goal, goals_table, load, ratio, summary, table, write_results
 from gen3workspace.hub.local import find_proxy_command
 from tests.support.charthub import ChartHub
 from tests.support.chart_install import fullname, install_chart
@@ -45,10 +46,11 @@ STORM_CONFIG = """
 c.Authenticator.auth_refresh_age = 300
 c.JupyterHub.concurrent_spawn_limit = 0
 c.JupyterHub.log_level = "INFO"
-c.KubeSpawner.cmd = {cmd!r}
-c.KubeSpawner.args = []
-c.KubeSpawner.start_timeout = {timeout}
-c.KubeSpawner.http_timeout = {timeout}
+for cls in (c.KubeSpawner, c.Gen3KubeSpawner):  # the chart's config names Gen3KubeSpawner
+    cls.cmd = {cmd!r}
+    cls.args = []
+    cls.start_timeout = {timeout}
+    cls.http_timeout = {timeout}
 """
 
 STOCK_HUB = """\
@@ -77,6 +79,13 @@ c.KubeSpawner.volumes = [{{"name": "home", "persistentVolumeClaim": {{"claimName
 c.KubeSpawner.volume_mounts = [{{"name": "home", "mountPath": "/home/jovyan"}}]
 load_subconfig({test_config!r})
 """
+
+
+class QuietChartHub(ChartHub):
+    """The chart's hub at the log level both sides run at (the test harness adds --debug)."""
+
+    def command(self, test_config: Path, env: dict[str, str]) -> list[str]:
+        return [a for a in super().command(test_config, env) if a != "--debug"]
 
 
 class StockKubeHub(Hub):
@@ -183,7 +192,11 @@ def prepare_users(hub: Hub, fence: FenceStandIn | None, users: list[str]) -> Non
         if fence is not None:
             fence.add_user(u)
             tok = fence._token_response(u, ["openid", "user", "data", "credentials"])
-            state = {"access_token": tok["access_token"], "refresh_token": tok["refresh_token"], "oauth_user": fence.users[u].userinfo()}
+            # What a Fence login leaves in auth_state (OAuthenticator's layout).
+            state = {
+                "access_token": tok["access_token"], "refresh_token": tok["refresh_token"], "id_token": tok["id_token"],
+                "scope": tok["scope"].split(), "token_response": tok, "oauth_user": fence.users[u].userinfo(),
+            }
             r = hub.api("PATCH", f"users/{u}", json={"auth_state": state})
             if r.status_code != 200:
                 raise RuntimeError(f"auth_state for {u}: HTTP {r.status_code} {r.text[:200]}")
@@ -205,7 +218,7 @@ def one_run(side: str, n: int, run_id: str, bb: BenchBed, fence: FenceStandIn, t
     if side == "ours":
         config = read_configmap(bb, f"{fullname()}-hub-config", "config.yaml")
         flavors = read_configmap(bb, f"{fullname()}-flavors", "flavors.yaml")
-        hub: Hub = ChartHub(folder, fence, bb.hub_kubeconfig, config, flavors, base_url=yaml.safe_load(config)["hub"]["baseUrl"])
+        hub: Hub = QuietChartHub(folder, fence, bb.hub_kubeconfig, config, flavors, base_url=yaml.safe_load(config)["hub"]["baseUrl"])
         hub.extra_config = extra
     else:
         hub = StockKubeHub(folder, bb.hub_kubeconfig, bb.namespace, extra)
@@ -217,9 +230,13 @@ def one_run(side: str, n: int, run_id: str, bb: BenchBed, fence: FenceStandIn, t
         keys_before = len(fence.api_keys)
         res = asyncio.run(storm(hub, users, body, timeout))
         res["fence_keys_minted"] = len(fence.api_keys) - keys_before if side == "ours" else 0
-        res["log"] = str(hub.log_path)
     finally:
         hub.stop()
+        # Kept: the temporary folder goes at the end of the benchmark.
+        logs = RESULTS_DIR / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        shutil.copy(hub.log_path, logs / f"p2-{run_id}-hub.log")
+    res["log"] = str(logs / f"p2-{run_id}-hub.log")
     return {"side": side, **res}
 
 

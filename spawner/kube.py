@@ -52,6 +52,13 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
         config=True,
         help="How often a starting pod is checked for errors it cannot recover from (image pull errors, crash loops).",
     )
+    ready_poll_seconds = Float(
+        0.1,
+        config=True,
+        help="""How often a starting pod is looked up in the pod reflector (no API call) to see whether it
+        is ready, so the spawn ends as soon as it is, not at KubeSpawner's next back-off check
+        (0.2 s doubling up to 5 s, which can add seconds to every spawn).""",
+    )
     crash_restarts_before_failing = Integer(
         2,
         config=True,
@@ -153,10 +160,10 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
 
     # The flavor _start() checked; KubeSpawner's own load_user_options() call then reuses it.
     _started_flavor: Any = None
-    # The Fence key being minted for the spawn in progress; the pod is created once it exists.
-    _key_task: "asyncio.Future[dict[str, str] | None] | None" = None
-    # Set when the pod's create request goes out; the key's Secret is written from then on.
-    _pod_requested: asyncio.Event | None = None
+    # The Fence key being minted and stored for the spawn in progress; the pod waits for it.
+    _key_task: "asyncio.Future[None] | None" = None
+    # Whether this start's create request made the pod: only then is a pod in the reflector ours.
+    _pod_created = False
 
     async def load_user_options(self) -> None:
         # Checked here, before KubeSpawner creates anything, so a forged request creates no object.
@@ -184,7 +191,8 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
 
     async def get_pod_manifest(self) -> Any:
         if self._key_task is not None:
-            # No pod without a key: a user Fence refuses gets a clear error and no pod.
+            # No pod without its key: a user Fence refuses gets a clear error and no pod, and
+            # the kubelet never meets a missing Secret (it would retry the mount after 0.5 s+).
             await self._key_task
         pod = await super().get_pod_manifest()
         pod.metadata.annotations = {**(pod.metadata.annotations or {}), "gen3username": self.user.name}
@@ -245,15 +253,24 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
     # --- lifecycle ---------------------------------------------------------------------
 
     async def _make_create_pod_request(self, pod: Any, request_timeout: float) -> bool:
-        if self._pod_requested is not None:
-            self._pod_requested.set()
-        return bool(await super()._make_create_pod_request(pod, request_timeout))
+        created = bool(await super()._make_create_pod_request(pod, request_timeout))
+        self._pod_created = self._pod_created or created
+        return created
 
-    async def _store_key(self, minting: "asyncio.Future[dict[str, str] | None]", pod_requested: asyncio.Event) -> None:
-        key = await minting
-        # Written alongside the pod, not before it: the kubelet mounts the Secret only once the
-        # pod is scheduled (and retries until it exists), so the pod need not wait for it.
-        await pod_requested.wait()
+    async def _ready_pod_url(self) -> str:
+        """The URL of this start's pod once the reflector shows it running and ready."""
+        key = f"{self.namespace}/{self.pod_name}"
+        while True:
+            await asyncio.sleep(self.ready_poll_seconds)
+            reflector = self.pod_reflector
+            pod = reflector.pods.get(key) if reflector and self._pod_created else None
+            if pod and self.is_pod_running(pod):
+                # What KubeSpawner's start does once it sees the pod running.
+                self.pod_id = pod["metadata"]["uid"]
+                return str(self._get_pod_url(pod))
+
+    async def _store_key(self) -> None:
+        key = await self.mint_api_key()
         if key:
             await self._write_credentials_secret(key)
 
@@ -264,22 +281,29 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
                 self._started_flavor = self.flavor
                 return await self._start_checked()
             finally:
-                self._started_flavor = self._key_task = self._pod_requested = None
+                self._started_flavor = self._key_task = None
 
     async def _start_checked(self) -> Any:
         # The Fence key and its Secret need nothing from the PVC or the pod reflector: they go
         # alongside KubeSpawner's start, which is scheduled first so the PVC request leads.
+        self._pod_created = False
         start = asyncio.ensure_future(super()._start())
-        minting = self._key_task = asyncio.ensure_future(self.mint_api_key())
-        pod_requested = self._pod_requested = asyncio.Event()
-        storing = asyncio.ensure_future(self._store_key(minting, pod_requested))
+        storing = self._key_task = asyncio.ensure_future(self._store_key())
         watchdog = asyncio.ensure_future(self._fatal_pod_error())
+        waiting = {start, watchdog}
+        # KubeSpawner creates a Service or runs a hook after the pod when these are on; only
+        # without them is a running pod the end of its start.
+        ready = None
+        if not (self.internal_ssl or self.services_enabled or self.after_pod_created_hook):
+            ready = asyncio.ensure_future(self._ready_pod_url())
+            waiting.add(ready)
         try:
-            done, _ = await asyncio.wait({start, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if start in done:
-                url = start.result()
-                await storing
-                return url
+                return start.result()  # its pod manifest waited for the key's Secret
+            if ready in done:
+                start.cancel()  # it is only waiting for its next back-off check
+                return ready.result()
             # KubeSpawner would wait out start_timeout on a pod that can never start.
             start.cancel()
             message = watchdog.result()
@@ -291,14 +315,13 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
             if not start.done():
                 start.cancel()
             # A key being minted is let finish, so it is revoked below instead of left behind.
-            await asyncio.gather(minting, return_exceptions=True)
-            if not pod_requested.is_set():
-                storing.cancel()  # no pod, so no Secret to write
             await asyncio.gather(storing, return_exceptions=True)
             await self._cleanup_credentials()
             raise
         finally:
             watchdog.cancel()
+            if ready is not None:
+                ready.cancel()
 
     async def _fatal_pod_error(self) -> str:
         """Wait until the pod shows it can never start (bad image, crash loop) and say why."""
