@@ -140,6 +140,7 @@ async def storm(hub: Hub, users: list[str], body: dict[str, Any], timeout: float
         t0 = time.monotonic()
         posts = [asyncio.ensure_future(post(u)) for u in users]
         deadline = t0 + timeout
+        last_active_check = t0
         while len(ready) < len(users) and time.monotonic() < deadline:
             await asyncio.sleep(0.25)
             try:
@@ -151,8 +152,17 @@ async def storm(hub: Hub, users: list[str], body: dict[str, Any], timeout: float
             for model in listing if isinstance(listing, list) else listing.get("items", []):
                 if model["name"] in sent and model["name"] not in ready:
                     ready[model["name"]] = now
-            if all(u in answers and answers[u] >= 400 for u in users if u not in ready) and len(answers) == len(users):
-                break  # everything left has failed
+            if len(answers) == len(users) and now - last_active_check > 2:
+                # A spawn that failed after its POST answered 202 is neither ready nor active.
+                last_active_check = now
+                try:
+                    async with s.get(f"{api}/users", params={"state": "active", "limit": "10000"}) as r:
+                        listing = await r.json()
+                    active = {m["name"] for m in (listing if isinstance(listing, list) else listing.get("items", []))}
+                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                    continue
+                if not [u for u in users if u not in ready and u in active]:
+                    break  # everything left has failed
         t_end = time.monotonic()
         cpu1 = cpu_seconds(hub.proc.pid)
         await asyncio.gather(*posts, return_exceptions=True)

@@ -112,7 +112,10 @@ def configure(c: Any, settings: LocalSettings) -> None:
 
     template_vars: dict[str, Any] = {}
     if settings.fence_login:
+        from gen3workspace.hub.auth import add_fence_admin_role
+
         c.JupyterHub.authenticator_class = "gen3"
+        add_fence_admin_role(c)
         c.Gen3OAuthenticator.commons_url = settings.commons_url
         c.Gen3OAuthenticator.client_id = settings.client_id
         # The secret comes from the environment only, never from a file on disk or argv.

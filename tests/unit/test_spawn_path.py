@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web as aioweb
 from kubespawner import KubeSpawner
 from tornado import web
+from tornado.httpclient import HTTPRequest
 
 from gen3workspace.hub.cli import free_port
 from tests.support.fakes import FakeUser
@@ -114,8 +115,9 @@ async def test_a_normal_stop_reads_no_secret(fence: FenceStandIn, pods: list[Any
     assert [c[0] for c in spawner.api.calls] == ["delete_namespaced_secret"], "revoked with the user's token; the Secret is only deleted"
 
 
-async def test_fence_calls_are_not_queued_ten_at_a_time(fence: FenceStandIn) -> None:
-    """A storm of spawns talks to Fence at once: all 25 requests are in flight together."""
+@pytest.mark.parametrize("caller", ["spawner", "authenticator"])
+async def test_fence_calls_are_not_queued_ten_at_a_time(caller: str) -> None:
+    """A storm of spawns (key mints) and logins (token refreshes) talks to Fence at once: all 25 requests are in flight together."""
     wanted = 25
     in_flight = 0
     peak = 0
@@ -145,8 +147,12 @@ async def test_fence_calls_are_not_queued_ten_at_a_time(fence: FenceStandIn) -> 
         from gen3workspace.hub.auth import Gen3OAuthenticator
 
         auth = Gen3OAuthenticator(commons_url=f"http://127.0.0.1:{port}", client_id="c", client_secret="s")
-        spawner = make_spawner(FakeUser("alice"), authenticator=auth)
-        await asyncio.gather(*(spawner._fence("GET", "/slow", "t") for _ in range(wanted)))
+        if caller == "spawner":
+            spawner = make_spawner(FakeUser("alice"), authenticator=auth)
+            await asyncio.gather(*(spawner._fence("GET", "/slow", "t") for _ in range(wanted)))
+        else:
+            url = f"http://127.0.0.1:{port}/user/slow"
+            await asyncio.gather(*(auth.fetch(HTTPRequest(url, request_timeout=30)) for _ in range(wanted)))
     finally:
         await runner.cleanup()
     assert peak == wanted
