@@ -12,9 +12,10 @@ from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLogoutHandler
 from tornado import web
 from tornado.httpclient import HTTPClientError
-from traitlets import Bool, Dict, Integer, Unicode, default, validate
+from traitlets import Bool, Dict, Integer, TraitError, Unicode, default, validate
 
 from gen3workspace.spawner.flavors import has_permission
+from gen3workspace.spawner.grammar import GrammarError, check_url_base
 
 
 def jwt_claims(token: str | None) -> dict[str, Any]:
@@ -63,7 +64,10 @@ class Gen3OAuthenticator(GenericOAuthenticator):
 
     @validate("commons_url")
     def _strip_commons_url(self, proposal: Any) -> str:
-        return proposal.value.rstrip("/")
+        try:
+            return check_url_base(proposal.value.rstrip("/"), "Gen3OAuthenticator.commons_url")
+        except GrammarError as e:
+            raise TraitError(str(e)) from None
 
     fence_url = Unicode(
         config=True,

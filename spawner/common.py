@@ -11,10 +11,11 @@ from urllib.parse import urlparse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from traitlets import Bool, List, Unicode, default, validate
+from traitlets import Bool, List, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from .flavors import Catalogue, CatalogueError, Flavor, default_catalogue_path, format_memory, shared_watcher, user_may_launch
+from .grammar import GrammarError, check_csp_sources, check_url_base, short
 
 _templates = Environment(
     loader=FileSystemLoader(str(Path(__file__).with_name("templates"))),
@@ -57,7 +58,10 @@ class Gen3SpawnerMixin(LoggingConfigurable):
 
     @validate("commons_url")
     def _strip(self, proposal: Any) -> str:
-        return proposal.value.rstrip("/")
+        try:
+            return check_url_base(proposal.value.rstrip("/"), f"{type(self).__name__}.commons_url")
+        except GrammarError as e:
+            raise TraitError(str(e)) from None
 
     egress_proxy = Unicode(
         "",
@@ -94,6 +98,13 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         help="""Origins (e.g. the data portal, https://data.example.org) allowed to embed the user's
         server in a frame; passed as GEN3_FRAME_ANCESTORS to the server's Content-Security-Policy.""",
     )
+    @validate("frame_ancestors")
+    def _check_frame_ancestors(self, proposal: Any) -> list[str]:
+        try:
+            return check_csp_sources(proposal.value, f"{type(self).__name__}.frame_ancestors")
+        except GrammarError as e:
+            raise TraitError(str(e)) from None
+
     workspace_namespace = Unicode(
         config=True,
         help="Value of NAMESPACE in the user's server (the commons' namespace, used by the Gen3 SDK). Default: the spawner's namespace or 'default'.",
@@ -157,7 +168,8 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         flavor = catalogue.get(requested)
         if flavor is None:
             names = ", ".join(f.name for f in await self.allowed_flavors())
-            raise FlavorError(400, f"There is no flavor called {requested!r}. Flavors you can launch: {names or 'none'}.")
+            # Cut: the name is whatever the request carried, possibly a megabyte of it.
+            raise FlavorError(400, f"There is no flavor called {short(requested, 80)}. Flavors you can launch: {names or 'none'}.")
         groups, authz = await self.user_context()
         service, method = self._perm()
         if not user_may_launch(flavor, groups, authz, service, method):
