@@ -263,7 +263,7 @@ def _message(err: jsonschema.ValidationError) -> str:
         return "unknown key(s): " + ", ".join(short(k, 40) for k in extra[:5]) + (" …" if len(extra) > 5 else "")
     if kind == "required":
         return err.message
-    if kind == "propertyNames":
+    if "propertyNames" in err.schema_path:
         return f"the key {short(instance, 60)} is not valid here ({hint or 'see the flavor reference'})"
     if kind in ("maxLength", "maxItems", "maxProperties"):
         return f"too long (at most {err.validator_value})"

@@ -136,11 +136,20 @@ def _key(key: Any) -> str:
 
 BoundedLoader.add_constructor("tag:yaml.org,2002:float", BoundedLoader.construct_yaml_float)
 BoundedLoader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: _map(loader, node))
-# Timestamps stay text, as in JSON; binary data, sets and ordered maps have no JSON form.
+# Timestamps stay text, as in JSON; binary data becomes the text it encodes, as Helm reads
+# it; sets and ordered maps have no JSON form.
 BoundedLoader.add_constructor("tag:yaml.org,2002:timestamp", SafeConstructor.construct_yaml_str)
-for _tag in ("binary", "set", "omap", "pairs"):
+BoundedLoader.add_constructor("tag:yaml.org,2002:binary", lambda loader, node: _binary(loader, node))
+for _tag in ("set", "omap", "pairs"):
     BoundedLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", BoundedLoader.construct_undefined_tag)
 BoundedLoader.add_constructor(None, BoundedLoader.construct_undefined_tag)
+
+
+def _binary(loader: BoundedLoader, node: ScalarNode) -> str:
+    try:
+        return SafeConstructor.construct_yaml_binary(loader, node).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Budget("binary data that is not UTF-8 text is not allowed", node.start_mark) from None
 
 
 def _map(loader: BoundedLoader, node: MappingNode) -> Any:
