@@ -14,6 +14,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, List, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
+from gen3workspace.hub.fenceanswers import FenceAnswerError, api_key_answer
+
 from .flavors import Catalogue, CatalogueError, Flavor, default_catalogue_path, format_memory, shared_watcher, user_may_launch
 from .grammar import GrammarError, check_csp_sources, check_url_base, short
 
@@ -309,8 +311,11 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         except OSError as e:
             self.log.error("Fence unreachable while minting an API key for %s: %s", self.user.name, e)
             raise web.HTTPError(503, "The commons' Fence service is not answering, so your workspace cannot get Gen3 credentials. Try again in a few minutes.") from None
-        if not isinstance(key, dict) or not key.get("api_key") or not key.get("key_id"):
-            raise web.HTTPError(502, "Fence answered the API key request without a key.")
+        try:
+            key = api_key_answer(key)
+        except FenceAnswerError as e:
+            self.log.error("Unusable API key answer from Fence for %s: %s", self.user.name, e)
+            raise web.HTTPError(502, f"{e}, so your workspace cannot get Gen3 credentials. Try again in a few minutes.") from None
         self._api_key_id = key["key_id"]
         self.log.info("Issued Fence API key %s for %s", key["key_id"], self.user.name)
         return {"key_id": key["key_id"], "api_key": key["api_key"]}
