@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 from pathlib import Path
@@ -300,8 +301,14 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         token = await self._access_token()
         if not token:
             raise web.HTTPError(403, "Your login has no Fence access token; log out and in again to get Gen3 credentials.")
+        request = asyncio.ensure_future(self._fence("POST", "/credentials/api/", token, {"scope": list(self.api_key_scopes)}))
         try:
-            key = await self._fence("POST", "/credentials/api/", token, {"scope": list(self.api_key_scopes)})
+            # Shielded: when the spawn is cancelled (start timeout) while Fence mints, the
+            # request still completes and the key it brings is revoked, never left behind.
+            key = await asyncio.shield(request)
+        except asyncio.CancelledError:
+            request.add_done_callback(self._revoke_late_key)
+            raise
         except HTTPClientError as e:
             self.log.error("Fence refused an API key for %s: HTTP %s", self.user.name, e.code)
             raise web.HTTPError(
@@ -319,6 +326,32 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         self._api_key_id = key["key_id"]
         self.log.info("Issued Fence API key %s for %s", key["key_id"], self.user.name)
         return {"key_id": key["key_id"], "api_key": key["api_key"]}
+
+    _late_revocations: set[asyncio.Task[None]] = set()
+
+    def _revoke_late_key(self, request: asyncio.Future[Any]) -> None:
+        """A key that arrived after its spawn was cancelled: revoke it with itself."""
+        if request.cancelled() or request.exception() is not None:
+            return
+        try:
+            key = api_key_answer(request.result())
+        except FenceAnswerError:
+            return
+        self.log.warning("Fence API key %s of %s arrived after its spawn was cancelled; revoking it", key["key_id"], self.user.name)
+
+        async def revoke() -> None:
+            try:
+                await self._delete_key(key["key_id"], key)
+                self.log.info("Revoked Fence API key %s of %s", key["key_id"], self.user.name)
+            except Exception as e:
+                detail = f"HTTP {e.code}" if isinstance(e, HTTPClientError) else type(e).__name__
+                self.log.warning("Could not revoke the late Fence API key %s of %s (%s); will retry at the next start or stop.", key["key_id"], self.user.name, detail)
+                self._pending_revocations = (*self._pending_revocations, key["key_id"])
+
+        # Kept referenced until done: the event loop holds tasks only weakly.
+        task = asyncio.ensure_future(revoke())
+        self._late_revocations.add(task)
+        task.add_done_callback(self._late_revocations.discard)
 
     async def revoke_api_key(self, stored_key: dict[str, str] | None = None) -> None:
         """Revoke this server's key and any earlier ones whose revocation failed.
