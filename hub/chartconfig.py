@@ -177,6 +177,10 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
         max_age = int(_get(cfg, "culler.maxAge", 0))
         if max_age:
             command.append(f"--max-age={max_age}")
+            # A server lives at most max-age plus one cull interval; its key one hour longer, so
+            # the SDK's 3600 s token exchange works to the end and a key that could not be
+            # revoked dies soon after its server.
+            c.Gen3KubeSpawner.api_key_lifetime = max_age + int(_get(cfg, "culler.every", 600)) + 3600
         services = [s for s in (c.JupyterHub.services if "services" in c.JupyterHub else []) if s.get("name") != "idle-culler"]
         c.JupyterHub.services = [*services, {"name": "idle-culler", "command": command}]
         roles = [r for r in (c.JupyterHub.load_roles if "load_roles" in c.JupyterHub else []) if r.get("name") != "idle-culler"]

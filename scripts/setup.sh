@@ -36,6 +36,8 @@ ensure_debian_packages() {
   local missing=()
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   [ -x /usr/sbin/squid ] || missing+=(squid)
+  # The real-Fence test bed runs its own PostgreSQL cluster (tests/support/realfence.py).
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" != 0 ]; then
     log "missing Debian packages: ${missing[*]} (run as root, or apt-get install them)"; exit 1
@@ -47,6 +49,9 @@ ensure_debian_packages() {
   if [[ " ${missing[*]} " == *" squid "* ]]; then
     (service squid stop || true) >/dev/null 2>&1
   fi
+  if [[ " ${missing[*]} " == *" postgresql "* ]]; then
+    (service postgresql stop || true) >/dev/null 2>&1
+  fi
 }
 
 ensure_python_env
@@ -55,5 +60,6 @@ if [ "$what" = test ]; then
   ensure_debian_packages
   [ -x scripts/get-helm.sh ] && scripts/get-helm.sh >/dev/null
   [ -x tests/support/kube/build.sh ] && tests/support/kube/build.sh
+  tests/support/fencebed/build.sh >/dev/null
 fi
 log "ready"

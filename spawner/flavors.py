@@ -109,7 +109,8 @@ FLAVOR_SCHEMA: dict[str, Any] = {
         "authz_resource": {
             **grammar.string(grammar.AUTHZ_RESOURCE, 512),
             "description": "Fence authz resource path the user must hold the workspace "
-            "permission on (in addition to allowed_groups), e.g. /workspace/gpu.",
+            "permission on (in addition to allowed_groups), e.g. /workspace-flavors/gpu. Not under "
+            "/workspace: arborist grants every subresource of /workspace to whoever holds it.",
         },
     },
 }

@@ -251,27 +251,23 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
             )
 
     async def _revoke_leftover_key(self, new_key_id: str) -> None:
-        leftover = await self.stored_key()
-        key_id = (leftover or {}).get("key_id") if isinstance(leftover, dict) else None
+        """Revoke the key in a Secret a dead hub left behind (its id is in no spawner state)."""
+        try:
+            secret = await self.api.read_namespaced_secret(
+                self.credentials_secret_name, self.namespace, _request_timeout=self.k8s_api_request_timeout
+            )
+            key_id = json.loads(base64.b64decode(secret.data["credentials.json"])).get("key_id")
+        except Exception:
+            return  # gone or unreadable: then there is no key id to revoke
         if not isinstance(key_id, str) or key_id == new_key_id:
             return
         try:
-            await self._delete_key(key_id, leftover or {})
+            await self._delete_key(key_id)
             self.log.info("Revoked the left-over Fence API key %s of %s", key_id, self.user.name)
         except Exception as e:
             detail = f"HTTP {e.code}" if hasattr(e, "code") else type(e).__name__
             self.log.warning("Could not revoke the left-over Fence API key %s of %s (%s); will retry at the next stop.", key_id, self.user.name, detail)
             self._pending_revocations = (*self._pending_revocations, key_id)
-
-    async def stored_key(self) -> dict[str, str] | None:
-        try:
-            secret = await self.api.read_namespaced_secret(
-                self.credentials_secret_name, self.namespace, _request_timeout=self.k8s_api_request_timeout
-            )
-            return json.loads(base64.b64decode(secret.data["credentials.json"]))
-        except Exception:
-            # Gone or unreadable: revocation then relies on the user's own token.
-            return None
 
     async def _delete_credentials_secret(self) -> None:
         try:
@@ -348,7 +344,6 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
 
     async def _cleanup_credentials(self) -> None:
         had_key = bool(self._api_key_id)
-        # Read before revoking: the stored key can revoke itself when the user's session is gone.
-        await self.revoke_api_key(await self.stored_key() if had_key else None)
+        await self.revoke_api_key()
         if had_key or self.issue_api_key:
             await self._delete_credentials_secret()

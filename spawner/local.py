@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -102,12 +101,6 @@ class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
             f.write(self.credentials_json(key))
         os.chmod(target, 0o400)
 
-    async def stored_key(self) -> dict[str, str] | None:
-        try:
-            return json.loads((Path(self.credentials_mount_path) / "credentials.json").read_text())
-        except (OSError, ValueError):
-            return None
-
     async def _cleanup_credentials(self) -> None:
-        await self.revoke_api_key(await self.stored_key())
+        await self.revoke_api_key()
         shutil.rmtree(self.credentials_mount_path, ignore_errors=True)

@@ -13,6 +13,7 @@ from tests.support import fence as fence_module
 from tests.support import hub as hub_module
 from tests.support.fence import WORKSPACE_AUTHZ, FenceStandIn
 from tests.support.hub import Hub
+from tests.support.realfence import FenceBed
 
 # Loggers of the code under test run in this process (spawners driven by tests): at DEBUG, into
 # one file, checked with every hub's log at the end of the session.
@@ -81,11 +82,20 @@ def _reset_fence(request: pytest.FixtureRequest) -> Iterator[None]:
         f: FenceStandIn = request.getfixturevalue("fence")
         f.fail_500 = False
         f.reject_refresh = False
+        f.token_delay = 0.0
         f.auto_login = None
         f.access_token_lifetime = 1200
         f.faults.clear()
         if f._thread is None:
             f.start()
+
+
+@pytest.fixture(scope="session")
+def real_fence() -> Iterator[FenceBed]:
+    """Real Fence + arborist + PostgreSQL (tests/support/realfence.py), started once per session."""
+    bed = FenceBed().start()
+    yield bed
+    bed.stop()
 
 
 @pytest.fixture(scope="module")

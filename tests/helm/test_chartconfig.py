@@ -87,6 +87,7 @@ def test_idle_culler_is_a_hub_service_with_a_minimal_role(tmp_path: Path) -> Non
     assert service["name"] == "idle-culler"
     assert service["command"][:3] == [sys.executable, "-m", "jupyterhub_idle_culler"]
     assert {"--timeout=1800", "--cull-every=120", "--max-age=86400", "--concurrency=10"} <= set(service["command"])
+    assert c.Gen3KubeSpawner.api_key_lifetime == 86400 + 120 + 3600, "keys die an hour after the oldest server may"
     (role,) = c.JupyterHub.load_roles
     assert role["services"] == ["idle-culler"]
     assert sorted(role["scopes"]) == sorted(["list:users", "read:users:activity", "read:servers", "delete:servers"])

@@ -197,7 +197,7 @@ async def test_fence_faults_during_the_refresh_before_minting(fence: FenceStandI
     ns = chart_ns[0]
     drive = await drive_of(fence, ns, "frank", admin)
     fence.access_token_lifetime = 60  # inside the 300 s refresh margin: the spawn refreshes first
-    tokens = fence._token_response("frank", ["openid", "user", "data", "credentials"])
+    tokens = fence._token_response("frank", ["openid", "user", "data", "credentials"], fence.client_id)
     fence.access_token_lifetime = 1200
     spawner = make_spawner(fence, ns, "frank", ["analysts"])
     spawner.user.auth_state = {"access_token": tokens["access_token"], "refresh_token": tokens["refresh_token"], "oauth_user": {"authz": {}}}

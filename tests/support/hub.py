@@ -10,12 +10,15 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlparse
 
 import requests
 
 from .fence import FenceStandIn, free_port
+
+if TYPE_CHECKING:
+    from .realfence import RegisteredClient
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,7 +46,7 @@ HUB_LOGS: list[Path] = []
 class Hub:
     """A `gen3-workspace up` process, its log, and helpers to log users in and call the REST API."""
 
-    def __init__(self, tmp: Path, fence: FenceStandIn | None = None, extra_args: list[str] | None = None, extra_config: str = ""):
+    def __init__(self, tmp: Path, fence: "FenceStandIn | RegisteredClient | None" = None, extra_args: list[str] | None = None, extra_config: str = ""):
         self.tmp = tmp
         self.fence = fence
         self.port = free_port()
@@ -137,6 +140,8 @@ class Hub:
         """Full OAuth round trip: hub → Fence authorize → hub callback; returns the last response."""
         assert self.fence is not None
         s = session or requests.Session()
+        # Real Fence's mocked identity provider (and the stand-in) log in whom this cookie names.
+        s.cookies.set("dev_login", username, domain="127.0.0.1", path="/user")
         self.fence.auto_login = username
         try:
             r = s.get(f"{self.url}hub/oauth_login", timeout=60)
