@@ -55,12 +55,6 @@ class Gen3OAuthenticator(GenericOAuthenticator):
 
     logout_handler = Gen3LogoutHandler
 
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
-        # Here, because the hub creates its authenticator after its log handlers and before
-        # the first request: from then on no hub line carries a code, state, token or key.
-        logscrub.install(self.log)
-
     commons_url = Unicode(
         "",
         config=True,
@@ -188,6 +182,9 @@ class Gen3OAuthenticator(GenericOAuthenticator):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # Here, because the hub creates its authenticator after its log handlers and before
+        # the first request: from then on no hub line carries a code, state, token or key.
+        logscrub.install(self.log)
         if "credentials" not in self.scope:
             self.log.warning(
                 "Gen3OAuthenticator.scope %s lacks 'credentials': Fence will refuse to mint the users' API keys, "
