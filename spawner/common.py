@@ -19,7 +19,7 @@ from traitlets.config import LoggingConfigurable
 from gen3workspace.hub.fenceanswers import FenceAnswerError, api_key_answer
 
 from .flavors import Catalogue, CatalogueError, Flavor, default_catalogue_path, format_memory, shared_watcher, user_may_launch
-from .grammar import GrammarError, check_csp_sources, check_url_base, short
+from .grammar import GrammarError, check_csp_sources, check_no_proxy, check_url_base, short
 
 _templates = Environment(
     loader=FileSystemLoader(str(Path(__file__).with_name("templates"))),
@@ -137,6 +137,13 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         help="""Origins (e.g. the data portal, https://data.example.org) allowed to embed the user's
         server in a frame; passed as GEN3_FRAME_ANCESTORS to the server's Content-Security-Policy.""",
     )
+    @validate("no_proxy")
+    def _check_no_proxy(self, proposal: Any) -> list[str]:
+        try:
+            return check_no_proxy(proposal.value, f"{type(self).__name__}.no_proxy")
+        except GrammarError as e:
+            raise TraitError(str(e)) from None
+
     @validate("frame_ancestors")
     def _check_frame_ancestors(self, proposal: Any) -> list[str]:
         try:

@@ -37,12 +37,6 @@ class SafeYAMLError(ValueError):
     """A YAML file that cannot be read or parsed within the bounds; the message is one line naming the file."""
 
 
-def short(value: Any, limit: int = 80) -> str:
-    """repr() of a value cut to `limit` characters, for messages that echo what a user or admin wrote."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 class _Budget(yaml.YAMLError):
     """Raised inside the composer when a bound is crossed; turned into SafeYAMLError with the file name."""
 

@@ -115,3 +115,14 @@ def test_the_safe_loader_stops_early_with_one_line(text: bytes, words: str) -> N
     with pytest.raises(SafeYAMLError) as e:
         parse_yaml_bytes(text, "f.yaml")
     assert words in str(e.value) and "\n" not in str(e.value) and str(e.value).startswith("f.yaml: ")
+
+
+@pytest.mark.parametrize("entry", ["a.example.org,b.example.org", "a b", "", "*.example.org", "http://x"])
+def test_no_proxy_entries_cannot_smuggle_more(entry: str) -> None:
+    with pytest.raises(TraitError, match=r"Gen3LocalSpawner\.no_proxy"):
+        Gen3LocalSpawner(no_proxy=[entry])
+
+
+def test_no_proxy_entries_that_work() -> None:
+    entries = ["internal.commons.test", ".svc", "10.0.0.0/8", "127.0.0.1", "fd00::/8", "localhost"]
+    assert Gen3LocalSpawner(no_proxy=entries).no_proxy == entries
