@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gen3workspace.hub.auth import add_fence_admin_role
 from gen3workspace.hub.pages import configure_pages
 from gen3workspace.spawner.grammar import GrammarError, check_csp_sources, check_url_base
 from gen3workspace.spawner.safeyaml import SafeYAMLError, read_yaml_file
@@ -74,6 +75,7 @@ def database_url(cfg: Mapping[str, Any], environ: Mapping[str, str]) -> str:
     url = _get(cfg, "hub.db.url", "")
     if not url:
         raise ChartConfigError("hub.db.type is 'external' but hub.db.url is empty: set hub.db.url in the chart values")
+    _check_driver(url)
     password = environ.get(ENV_DB_PASSWORD, "")
     if not password:
         return url
@@ -81,6 +83,20 @@ def database_url(cfg: Mapping[str, Any], environ: Mapping[str, str]) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).set(password=password).render_as_string(hide_password=False)
+
+
+def _check_driver(url: str) -> None:
+    """Fail at start-up, naming the setting, when the hub image has no driver for hub.db.url."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect().import_dbapi()
+    except (ArgumentError, NoSuchModuleError, ImportError) as e:
+        raise ChartConfigError(
+            f"hub.db.url cannot be used ({type(e).__name__}: {e}); the hub image has the PostgreSQL driver "
+            "psycopg 3: write the URL as postgresql+psycopg://USER@HOST:5432/DATABASE"
+        ) from None
 
 
 def _oauth_callback_url(cfg: Mapping[str, Any]) -> str:
@@ -205,6 +221,9 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
     auth.workspace_method = _get(cfg, "auth.workspace.method", "access")
     auth.require_workspace_permission = bool(_get(cfg, "auth.workspace.required", True))
     auth.admin_groups = set(_get(cfg, "auth.adminGroups", []))
+    auth.admin_from_fence = bool(_get(cfg, "auth.fenceAdmins.enabled", True))
+    auth.fence_admin_server_access = bool(_get(cfg, "auth.fenceAdmins.serverAccess", False))
+    add_fence_admin_role(c)
     auth.authz_groups = dict(_get(cfg, "auth.authzGroups", {}))
     logout = _get(cfg, "auth.logoutRedirectUrl", "")
     if logout:

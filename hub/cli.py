@@ -15,9 +15,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from gen3workspace.spawner.flavors import CatalogueError, load_catalogue, schema_json
-from gen3workspace.spawner.grammar import GrammarError, check_csp_sources, check_url_base
-
 from .local import LocalSettings, find_proxy_command, persistent_secret
 
 HUB_CONFIG = """\
@@ -52,6 +49,8 @@ def is_loopback(ip: str) -> bool:
 
 def _frame_ancestor(value: str) -> str:
     """argparse type of --frame-ancestor: one CSP source, checked like the hub and the chart check it."""
+    from gen3workspace.spawner.grammar import GrammarError, check_csp_sources
+
     try:
         return check_csp_sources([value], "--frame-ancestor")[0]
     except GrammarError as e:
@@ -59,6 +58,8 @@ def _frame_ancestor(value: str) -> str:
 
 
 def _commons_url(value: str) -> str:
+    from gen3workspace.spawner.grammar import GrammarError, check_url_base
+
     try:
         return check_url_base(value.rstrip("/"), "--commons-url")
     except GrammarError as e:
@@ -88,6 +89,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print(f"error: port {args.port} on {args.ip} is in use; pick another with --port.", file=sys.stderr)
         return 2
     if args.flavors:
+        # The catalogue's schema validator takes a while to import; only a given file needs it.
+        from gen3workspace.spawner.flavors import CatalogueError, load_catalogue
+
         try:
             load_catalogue(args.flavors)
         except CatalogueError as e:
@@ -164,6 +168,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_flavors(args: argparse.Namespace) -> int:
+    from gen3workspace.spawner.flavors import CatalogueError, load_catalogue, schema_json
+
     if args.action == "schema":
         sys.stdout.write(schema_json())
         return 0

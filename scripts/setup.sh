@@ -36,7 +36,8 @@ ensure_debian_packages() {
   local missing=()
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   [ -x /usr/sbin/squid ] || missing+=(squid)
-  # The real-Fence test bed runs its own PostgreSQL cluster (tests/support/realfence.py).
+  # The real-Fence test bed (tests/support/realfence.py) and the hub's external-database test
+  # run private PostgreSQL clusters from Debian's server.
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" != 0 ]; then
@@ -61,5 +62,7 @@ if [ "$what" = test ]; then
   [ -x scripts/get-helm.sh ] && scripts/get-helm.sh >/dev/null
   [ -x tests/support/kube/build.sh ] && tests/support/kube/build.sh
   tests/support/fencebed/build.sh >/dev/null
+  # The real gen3-client, built from the commit the notebook image pins (cached in .cache/).
+  tests/support/gen3client/build.sh >/dev/null
 fi
 log "ready"

@@ -76,9 +76,18 @@ class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
         env = super().get_env()
         # The notebook image's Jupyter Server settings (portal embedding, idle culling).
         env["JUPYTER_CONFIG_PATH"] = str(Path(__file__).with_name("singleuser"))
+        # As in the notebook image: gen3-client's release check asks GitHub before every command.
+        env["GEN3_CLIENT_VERSION_CHECK"] = "false"
+        # The image's start-up hook keeps gen3-client's file (it holds the key) here, off the
+        # drive; the folder goes with the credentials when the server stops.
+        env["GEN3_CLIENT_RUNTIME_DIR"] = str(Path(self.credentials_mount_path) / "gen3-client")
         return env
 
     async def start(self) -> Any:
+        async with self.spawn_scope():
+            return await self._start_in_scope()
+
+    async def _start_in_scope(self) -> Any:
         self.flavor = await self.choose_flavor(self.user_options)
         Path(self.home_dir).mkdir(parents=True, exist_ok=True)
         key = await self.mint_api_key()

@@ -33,6 +33,11 @@ c.JupyterHub.load_roles = _roles + [{
     "scopes": ["admin:users", "admin:auth_state", "admin:servers", "admin:groups", "admin:server_state", "read:users", "tokens", "servers", "access:servers", "read:hub"],
     "services": ["test-admin"],
 }]
+# load_subconfig merges this file's own config over the main one, and a list is replaced, not
+# extended: the main config's roles are gone from `_roles` here, so define the Fence admins'
+# again (tests/unit/test_local_and_dev.py checks that `gen3-workspace up` defines it).
+from gen3workspace.hub.auth import add_fence_admin_role
+add_fence_admin_role(c)
 c.Authenticator.auth_refresh_age = 1
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
@@ -80,6 +85,8 @@ class Hub:
         cfg.write_text(TEST_CONFIG + textwrap.dedent(self.extra_config))
         env = dict(os.environ, GEN3WS_TEST_ADMIN_TOKEN=self.admin_token, PYTHONUNBUFFERED="1")
         args = self.command(cfg, env)
+        # The log is appended to across restarts: wait for this start's marker, not an old one.
+        seen = self.log().count(self.ready_marker)
         self._log = open(self.log_path, "ab")
         HUB_LOGS.append(self.log_path)
         # Own session so a test can signal the whole group like a terminal's Ctrl-C would.
@@ -88,7 +95,7 @@ class Hub:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            if self.ready_marker in self.log():
+            if self.log().count(self.ready_marker) > seen:
                 return self
             time.sleep(0.3)
         self.stop()

@@ -10,6 +10,7 @@ prefix-stripping WSGI wrapper, as Gen3's revproxy does.
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import os
@@ -87,6 +88,7 @@ class FenceBed:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
         self.pg_dir: Path | None = None
+        self._client_names: dict[str, int] = {}
 
     # --- addresses ---------------------------------------------------------------------
 
@@ -344,13 +346,17 @@ class FenceBed:
 
     def create_client(self, name: str, redirect_uris: list[str], scopes: list[str] | None = None) -> tuple[str, str]:
         """Register an OAuth client the way docs/authentication.md tells operators to; (id, secret)."""
+        # Client names are unique in Fence, and one bed serves the whole session: number repeats.
+        self._client_names[name] = self._client_names.get(name, 0) + 1
+        if self._client_names[name] > 1:
+            name = f"{name}-{self._client_names[name]}"
         args = ["client-create", "--client", name, "--urls", *redirect_uris, "--username", "admin-ada", "--auto-approve"]
         if scopes:
             args += ["--allowed-scopes", *scopes]
         out = self.fence_create(*args)
         # It prints the tuple repr last: ('<id>', '<secret>')
         line = [ln for ln in out.splitlines() if ln.startswith("(")][-1]
-        client_id, client_secret = eval(line, {"__builtins__": {}})  # noqa: S307 - a tuple literal from our own child
+        client_id, client_secret = ast.literal_eval(line)
         return client_id, client_secret
 
     def register_hub(self, name: str, hub_url: str, scopes: list[str] | None = None) -> RegisteredClient:
