@@ -11,9 +11,10 @@ from urllib.parse import urlencode
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLogoutHandler
 from tornado import web
-from tornado.httpclient import HTTPClientError
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Bool, Dict, Integer, Unicode, default, validate
 
+from gen3workspace.spawner.common import FENCE_MAX_CLIENTS
 from gen3workspace.spawner.flavors import has_permission
 
 # What a Fence admin may do in the hub (admin_from_fence): the admin page, who is using the
@@ -230,6 +231,12 @@ class Gen3OAuthenticator(GenericOAuthenticator):
     @default("login_service")
     def _login_service_default(self) -> str:
         return self.commons_name
+
+    @default("http_client")
+    def _http_client_default(self) -> AsyncHTTPClient:
+        # OAuthenticator's client runs 10 requests at a time: in a storm of logins and token
+        # refreshes the rest queue and time out ("Timeout in request queue").
+        return AsyncHTTPClient(force_instance=True, max_clients=FENCE_MAX_CLIENTS, defaults=dict(validate_cert=self.validate_server_cert))
 
     @default("refresh_pre_spawn")
     def _refresh_pre_spawn_default(self) -> bool:

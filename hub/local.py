@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gen3workspace.hub.devauth import BANNER
 from gen3workspace.hub.pages import configure_pages
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -128,6 +127,9 @@ def configure(c: Any, settings: LocalSettings) -> None:
         if settings.portal_url:
             c.Gen3OAuthenticator.post_logout_url = settings.portal_url
     else:
+        # Imported here: it pulls in JupyterHub, which `gen3-workspace up` itself never needs.
+        from gen3workspace.hub.devauth import BANNER
+
         c.JupyterHub.authenticator_class = "gen3-dev"
         c.DevAuthenticator.dev_groups = settings.dev_groups
         template_vars.update(gen3_dev_login=True, gen3_dev_banner=BANNER)
