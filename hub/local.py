@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gen3workspace.hub.devauth import BANNER
+from gen3workspace.hub.launcher import configure_portal
 from gen3workspace.hub.pages import configure_pages
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +38,7 @@ class LocalSettings:
     issue_api_key: bool = True
     dev_groups: dict[str, list[str]] = field(default_factory=dict)
     proxy_command: str = ""
+    launcher_prefix: str = "/lw-workspace/"
     debug: bool = False
 
     @property
@@ -97,6 +99,7 @@ def configure(c: Any, settings: LocalSettings) -> None:
 
     csp = csp_header(settings.frame_ancestors)
     c.JupyterHub.tornado_settings = {"headers": {"Content-Security-Policy": csp}}
+    configure_portal(c, settings.launcher_prefix)
 
     c.JupyterHub.spawner_class = "gen3-local"
     c.Gen3LocalSpawner.data_dir = str(data)
