@@ -18,7 +18,6 @@ import datetime
 import hashlib
 import json
 import time
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import quote, urlparse
 
@@ -113,6 +112,13 @@ class Gen3Launcher(LoggingConfigurable):
         the portal as `idle-time-limit`/`idleTimeLimit` (milliseconds) for its idle warning.
         None: the flavor's GEN3_IDLE_TIMEOUT_SECONDS, else the notebook's default (3600).
         0: no idle shutdown (reported as -1).""",
+    )
+    launch_wait_seconds = Integer(
+        0,
+        config=True,
+        help="""How long `launch` waits for the server to come up before answering. 0: answer
+        as soon as the flavor is checked and the spawn has begun, like hatchery, so the portal
+        shows its launch steps from `status`; a spawn that fails later is `Errored` there.""",
     )
     stripped_cookies = List(
         Unicode(),
@@ -401,13 +407,17 @@ def cookie_path(base_url: str, prefix: str) -> str:
 
 
 def forwardable_cookies(header: str, drop: set[str]) -> str:
-    jar = SimpleCookie()
-    try:
-        jar.load(header)
-    except Exception:
-        # An unparseable Cookie header is forwarded as nothing rather than half-parsed.
-        return ""
-    return "; ".join(f"{k}={m.coded_value}" for k, m in jar.items() if k not in drop)
+    """The Cookie header without the named cookies, every other pair byte for byte.
+
+    Not http.cookies: it stops at the first value it finds illegal and would silently drop
+    the rest, among them the server's own login cookie.
+    """
+    kept = []
+    for pair in header.split(";"):
+        name = pair.split("=", 1)[0].strip()
+        if name and name not in drop:
+            kept.append(pair.strip())
+    return "; ".join(kept)
 
 
 class _WebSocketPath(PathMatches):
@@ -480,6 +490,10 @@ class SessionHandler(_Gen3Handler):
 class LauncherAPIHandler(_Gen3Handler):
     """options, launch, status, terminate and the pay-model calls, as hatchery answers them."""
 
+    @property
+    def slow_spawn_timeout(self) -> int:
+        return self.launcher.launch_wait_seconds
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = getattr(exc, "jupyterhub_message", None) or getattr(exc, "log_message", None) or self._reason
@@ -499,7 +513,10 @@ class LauncherAPIHandler(_Gen3Handler):
         return user
 
     def check_csrf(self) -> None:
-        if self.auth_kind == "bearer":
+        # A bearer token that is also the browser's access_token cookie came from revproxy's
+        # cookie-to-header conversion: a browser call, so it needs the header as well.
+        from_cookie = self.get_cookie("access_token") == bearer_token(self.request)
+        if self.auth_kind == "bearer" and not from_cookie:
             return
         sent = self.request.headers.get(self.launcher.csrf_header, "")
         cookie = self.get_cookie(self.launcher.csrf_cookie)
@@ -602,6 +619,19 @@ class PortalProxyHandler(_Gen3Handler):
         target = spawner.server.base_url.rstrip("/") + (rest or "/")
         if self.request.query:
             target += "?" + self.request.query
+        if self.request.headers.get("Sec-Fetch-Mode", "navigate") != "navigate" and (rest or "/") == "/":
+            # The portal's readiness probe is a fetch(), not a navigation. JupyterHub's servers
+            # refuse cookie logins to non-navigation requests without an XSRF token (since
+            # 4.1), so following the redirect would loop; answer whether the server answers.
+            try:
+                await AsyncHTTPClient().fetch(spawner.server.host + url_path_join(spawner.server.base_url, "api"), request_timeout=10)
+            except Exception as e:
+                self.log.info("proxy/ probe: %s's server is not answering yet (%s)", user.name, type(e).__name__)
+                self.set_status(503)
+                self.finish({"status": "Launching", "message": "Your workspace is starting; its server is not answering yet."})
+                return
+            self.finish({"status": "Running", "url": target})
+            return
         self.redirect(target)
 
 
@@ -864,6 +894,11 @@ def configure_portal(c: Any, prefix: str = "", public_url: str = "", samesite: s
     options = dict(c.JupyterHub.cookie_options) if "cookie_options" in c.JupyterHub else {}
     options.setdefault("samesite", samesite)
     c.JupyterHub.cookie_options = options
+    # The portal shows proxy/ in a same-origin frame: servers must allow 'self' as an
+    # ancestor (JupyterHub's default is 'none'); the spawners' frame_ancestors add to it.
+    environment = dict(c.Spawner.environment) if "environment" in c.Spawner else {}
+    environment.setdefault("GEN3_FRAME_ANCESTORS", "'self'")
+    c.Spawner.environment = environment
     spawner_options = dict(c.Spawner.cookie_options) if "cookie_options" in c.Spawner else {}
     spawner_options.setdefault("samesite", samesite)
     c.Spawner.cookie_options = spawner_options

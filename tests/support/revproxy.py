@@ -89,7 +89,7 @@ class RevProxy:
         headers["X-Forwarded-Proto"] = "http"
         headers["X-Forwarded-For"] = request.remote or "127.0.0.1"
         token = request.cookies.get("access_token")
-        if self.bearer_from_cookie and token and request.path.startswith(self.workspace_prefix):
+        if self.bearer_from_cookie and token and request.path.startswith(self.workspace_prefix) and "Authorization" not in headers:
             headers["Authorization"] = f"bearer {token}"
         url = upstream.rstrip("/") + str(request.rel_url)
         if request.headers.get("Upgrade", "").lower() == "websocket":
