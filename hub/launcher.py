@@ -463,7 +463,7 @@ class _Gen3Handler(BaseHandler):
 
     def login_redirect(self) -> None:
         """Send a browser without identity through the hub login (inside a frame too) and back."""
-        hub_prefix = self.settings["hub_prefix"]
+        hub_prefix = self.hub.base_url
         target = url_path_join(hub_prefix, "gen3-session") + "?next=" + quote(self.request.uri or "/", safe="")
         self.redirect(target)
 
@@ -656,7 +656,7 @@ class UserServerGate(_Gen3Handler):
         if spawner is None:
             if self.request.method in ("GET", "HEAD"):
                 # JupyterHub's own pages say "not running" / "starting" and offer to start it.
-                hub_url = url_path_join(self.settings["hub_prefix"], "user", name, (rest or "/").lstrip("/"))
+                hub_url = url_path_join(self.hub.base_url, "user", name, (rest or "/").lstrip("/"))
                 self.redirect(hub_url + ("?" + self.request.query if self.request.query else ""))
                 return
             raise web.HTTPError(503, "Your workspace is not running.")
