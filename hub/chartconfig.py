@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from gen3workspace.hub.launcher import configure_portal
 from gen3workspace.hub.pages import configure_pages
 
 DEFAULT_CONFIG_PATH = "/usr/local/etc/gen3-workspace/config/config.yaml"
@@ -159,6 +160,18 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
         # Item, not attribute, syntax: "keys" is also a dict method of the Config section.
         c.CryptKeeper["keys"] = [crypt_key]
         c.Authenticator.enable_auth_state = True
+
+    # --- the portal's launcher API, origin isolation, cookies --------------------------------
+    c.Gen3Launcher.enabled = bool(_get(cfg, "portal.enabled", True))
+    c.Gen3Launcher.isolate_servers = bool(_get(cfg, "portal.isolateServers", True))
+    host = _get(cfg, "hub.host", "")
+    # Behind the commons' TLS-terminating revproxy the hub sees http: public_url makes its
+    # cookies Secure anyway. A plain-http commons (a test bed) keeps them usable.
+    public_url = f"https://{host}{base_url}" if host and commons_url.startswith("https://") else ""
+    configure_portal(c, str(_get(cfg, "portal.prefix", "/lw-workspace/")), public_url=public_url, samesite=str(_get(cfg, "portal.cookieSameSite", "Lax")))
+    if _get(cfg, "culler.enabled", True):
+        # The portal warns before the idle shutdown; the culler's timeout is that shutdown.
+        c.Gen3Launcher.idle_timeout_seconds = int(_get(cfg, "culler.timeout", 3600))
 
     # --- idle culler ------------------------------------------------------------------------
     if _get(cfg, "culler.enabled", True):

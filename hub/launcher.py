@@ -891,14 +891,15 @@ def configure_portal(c: Any, prefix: str = "", public_url: str = "", samesite: s
     if public_url:
         # Secure cookies and correct redirects even when TLS ends at the commons' revproxy.
         c.JupyterHub.public_url = public_url
-    options = dict(c.JupyterHub.cookie_options) if "cookie_options" in c.JupyterHub else {}
-    options.setdefault("samesite", samesite)
-    c.JupyterHub.cookie_options = options
+    # The hub reads its cookie options from the tornado settings (there is no trait).
+    settings = dict(c.JupyterHub.tornado_settings) if "tornado_settings" in c.JupyterHub else {}
+    cookie_options = dict(settings.get("cookie_options") or {})
+    cookie_options.setdefault("samesite", samesite)
+    settings["cookie_options"] = cookie_options
+    c.JupyterHub.tornado_settings = settings
     # The portal shows proxy/ in a same-origin frame: servers must allow 'self' as an
     # ancestor (JupyterHub's default is 'none'); the spawners' frame_ancestors add to it.
     environment = dict(c.Spawner.environment) if "environment" in c.Spawner else {}
     environment.setdefault("GEN3_FRAME_ANCESTORS", "'self'")
     c.Spawner.environment = environment
-    spawner_options = dict(c.Spawner.cookie_options) if "cookie_options" in c.Spawner else {}
-    spawner_options.setdefault("samesite", samesite)
-    c.Spawner.cookie_options = spawner_options
+    # Users' servers get the same cookie options from the hub (JUPYTERHUB_COOKIE_OPTIONS).

@@ -500,6 +500,27 @@ VALUES = Group(
                 ),
             },
         ),
+        "portal": Group(
+            "The Gen3 data portal's Workspace page: the launcher API it calls and how users' servers are kept apart (docs/portal.md).",
+            {
+                "enabled": Leaf(BOOL, True, "Serve the launcher API (options, launch, status, proxy/, terminate) at portal.prefix."),
+                "prefix": Leaf(
+                    {"type": "string", "pattern": r"^/([^/\s]+/)+$"},
+                    "/lw-workspace/",
+                    "Path of the launcher API: the portal's WORKSPACE_URL (default /lw-workspace/). Set hub.baseUrl to the same path and one revproxy location serves everything.",
+                ),
+                "isolateServers": Leaf(
+                    BOOL,
+                    True,
+                    "Serve each user's server only to its owner (the public proxy holds no route to users' servers). Off: JupyterHub's shared-origin routing, where one user's server can run script in another's browser.",
+                ),
+                "cookieSameSite": Leaf(
+                    {"enum": ["Lax", "Strict"]},
+                    "Lax",
+                    "SameSite of the hub's and the servers' cookies. Both keep the portal's same-site iframe working; Strict also drops them on links from other sites.",
+                ),
+            },
+        ),
         "ingress": Group(
             "An optional Ingress in front of proxy-public.",
             {

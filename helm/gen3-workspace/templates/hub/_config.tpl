@@ -29,6 +29,7 @@
     "drive" .Values.spawner.drive
     "commonLabels" (include "gen3ws.notebookLabels" . | fromYaml))
   "culler" .Values.culler
+  "portal" .Values.portal
 -}}
 {{- toYaml $cfg -}}
 {{- end -}}
