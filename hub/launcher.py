@@ -862,6 +862,11 @@ class Gen3Proxy(ConfigurableHTTPProxy):
 
     async def get_all_routes(self) -> dict[str, Any]:
         self.install_handlers()
+        prefix = self.launcher.prefix
+        if self.launcher.enabled and self.app is not None and not prefix.startswith(self.app.base_url) and self.hub is not None:
+            # A launcher prefix outside the hub's base URL (e.g. /lw-workspace/ next to
+            # /workspace/) needs its own route to the hub; check_routes keeps it in place.
+            self.extra_routes = {**self.extra_routes, prefix: self.hub.host}
         return await super().get_all_routes()
 
     async def add_user(self, user: Any, server_name: str = "") -> None:
