@@ -115,7 +115,8 @@ class Gen3OAuthenticator(GenericOAuthenticator):
         value_trait=Unicode(),
         config=True,
         help="""Map Fence authz resource paths to JupyterHub group names, e.g.
-        `{"/workspace/gpu": "gpu-users"}`. A user holding any permission on the resource is put
+        `{"/workspace-flavors/gpu": "gpu-users"}` (not under /workspace, whose subresources arborist
+        grants to everyone holding it). A user holding any permission on the resource is put
         in the group, alongside the groups Fence lists in userinfo `groups`. Flavors restrict
         access by group.
         """,
@@ -125,6 +126,9 @@ class Gen3OAuthenticator(GenericOAuthenticator):
         config=True,
         help="""Refresh the Fence access token when it expires within this many seconds, so a
         spawn never starts with a token that dies while the API key is minted.
+
+        Capped at half the token's own lifetime (its `exp` minus `iat`), so a commons with short
+        tokens does not get a token that already counts as expiring: a spawn refreshes at most once.
         """,
     )
     end_fence_session = Bool(
@@ -166,7 +170,18 @@ class Gen3OAuthenticator(GenericOAuthenticator):
 
     @default("scope")
     def _scope_default(self) -> list[str]:
-        return ["openid", "user", "data"]
+        # Fence mints, lists and deletes API keys only for tokens with `credentials`.
+        return ["openid", "user", "data", "credentials"]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if "credentials" not in self.scope:
+            self.log.warning(
+                "Gen3OAuthenticator.scope %s lacks 'credentials': Fence will refuse to mint the users' API keys, "
+                "so every spawn that issues Gen3 credentials will fail. Add it (and register the Fence client "
+                "with --allowed-scopes ... credentials), or turn keys off with issue_api_key = False.",
+                self.scope,
+            )
 
     @default("basic_auth")
     def _basic_auth_default(self) -> bool:
@@ -180,6 +195,19 @@ class Gen3OAuthenticator(GenericOAuthenticator):
     @default("login_service")
     def _login_service_default(self) -> str:
         return self.commons_name
+
+    @default("refresh_pre_spawn")
+    def _refresh_pre_spawn_default(self) -> bool:
+        return False
+
+    @validate("refresh_pre_spawn")
+    def _no_refresh_pre_spawn(self, proposal: Any) -> bool:
+        # JupyterHub runs that refresh before it marks the spawn pending, so a slow Fence would
+        # show "Server not running" on the spawn-pending page. The spawner refreshes the token
+        # itself, inside start() (pending), right before it mints the API key.
+        if proposal.value:
+            self.log.warning("Gen3OAuthenticator.refresh_pre_spawn is ignored: the spawner refreshes the Fence token itself while the spawn is pending.")
+        return False
 
     @default("enable_auth_state")
     def _enable_auth_state_default(self) -> bool:
@@ -268,9 +296,17 @@ class Gen3OAuthenticator(GenericOAuthenticator):
                 ) from None
             raise
 
+    def refresh_margin(self, claims: dict[str, Any]) -> float:
+        """`refresh_margin_seconds`, capped at half the token's lifetime so a fresh token never counts as expiring."""
+        exp, iat = claims.get("exp"), claims.get("iat")
+        if isinstance(exp, (int, float)) and isinstance(iat, (int, float)) and exp > iat:
+            return min(self.refresh_margin_seconds, (exp - iat) / 2)
+        return self.refresh_margin_seconds
+
     def _expires_soon(self, auth_state: dict[str, Any]) -> bool:
-        exp = jwt_claims(auth_state.get("access_token")).get("exp")
-        return isinstance(exp, (int, float)) and exp - time.time() < self.refresh_margin_seconds
+        claims = jwt_claims(auth_state.get("access_token"))
+        exp = claims.get("exp")
+        return isinstance(exp, (int, float)) and exp - time.time() < self.refresh_margin(claims)
 
     async def _refresh_grant(self, user: Any, auth_state: dict[str, Any], handler: Any) -> dict[str, Any] | bool:
         refresh_token = auth_state.get("refresh_token")

@@ -76,6 +76,7 @@ def database_url(cfg: Mapping[str, Any], environ: Mapping[str, str]) -> str:
     url = _get(cfg, "hub.db.url", "")
     if not url:
         raise ChartConfigError("hub.db.type is 'external' but hub.db.url is empty: set hub.db.url in the chart values")
+    _check_driver(url)
     password = environ.get(ENV_DB_PASSWORD, "")
     if not password:
         return url
@@ -83,6 +84,20 @@ def database_url(cfg: Mapping[str, Any], environ: Mapping[str, str]) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).set(password=password).render_as_string(hide_password=False)
+
+
+def _check_driver(url: str) -> None:
+    """Fail at start-up, naming the setting, when the hub image has no driver for hub.db.url."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect().import_dbapi()
+    except (ArgumentError, NoSuchModuleError, ImportError) as e:
+        raise ChartConfigError(
+            f"hub.db.url cannot be used ({type(e).__name__}: {e}); the hub image has the PostgreSQL driver "
+            "psycopg 3: write the URL as postgresql+psycopg://USER@HOST:5432/DATABASE"
+        ) from None
 
 
 def _oauth_callback_url(cfg: Mapping[str, Any]) -> str:
@@ -186,6 +201,10 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
         max_age = int(_get(cfg, "culler.maxAge", 0))
         if max_age:
             command.append(f"--max-age={max_age}")
+            # A server lives at most max-age plus one cull interval; its key one hour longer, so
+            # the SDK's 3600 s token exchange works to the end and a key that could not be
+            # revoked dies soon after its server.
+            c.Gen3KubeSpawner.api_key_lifetime = max_age + int(_get(cfg, "culler.every", 600)) + 3600
         services = [s for s in (c.JupyterHub.services if "services" in c.JupyterHub else []) if s.get("name") != "idle-culler"]
         c.JupyterHub.services = [*services, {"name": "idle-culler", "command": command}]
         roles = [r for r in (c.JupyterHub.load_roles if "load_roles" in c.JupyterHub else []) if r.get("name") != "idle-culler"]

@@ -6,15 +6,15 @@
 # Environment:
 #   IMAGE_REGISTRY               registry/namespace prefix (default quay.io/gen3-workspace)
 #   IMAGE_TAG                    tag for every image (default: the version in pyproject.toml)
-#   GEN3_CLIENT_SHA256           sha256 of gen3-client's dataclient_linux.zip; required for the
-#                                notebook images (the release process fills it, see docs/images.md)
-#   GEN3_CLIENT_VERSION          gen3-client release (default: the Dockerfile's)
+#   NOTEBOOK_GO_IMAGE            Go image of the notebook's gen3-client build stage (default: the
+#                                Dockerfile's; release: add @sha256:). gen3-client's tag and commit
+#                                are pinned in the Dockerfile only (one pin for image and tests).
 #   NOTEBOOK_PYTHON_BASE_IMAGE   base of notebook-python (default below; release: add @sha256:)
 #   NOTEBOOK_R_BASE_IMAGE        base of notebook-r (default below; release: add @sha256:)
 #   HUB_PYTHON_IMAGE             base of the hub image (default: the Dockerfile's)
 #
-# Exit codes: 0 built (and pushed); 2 no Docker engine; 64 bad usage; 1 (or docker's own
-# non-zero code) a missing GEN3_CLIENT_SHA256 or a failed build or push.
+# Exit codes: 0 built (and pushed); 2 no Docker engine; 64 bad usage; docker's own non-zero
+# code for a failed build or push.
 set -euo pipefail
 
 # The same docker-stacks build date for both flavors, so Python and R users get the same
@@ -68,22 +68,13 @@ if [[ ! "${tag}" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]]; then
     exit 64
 fi
 
-needs_gen3_client=false
-for target in "${targets[@]}"; do
-    [[ "${target}" == notebook-* ]] && needs_gen3_client=true
-done
-if [[ "${needs_gen3_client}" == true && -z "${GEN3_CLIENT_SHA256:-}" ]]; then
-    echo "build.sh: GEN3_CLIENT_SHA256 is not set. The notebook images verify gen3-client's dataclient_linux.zip against it; see 'Releasing' in docs/images.md." >&2
-    exit 1
-fi
-
 common_args=(--pull --build-arg "VERSION=${tag}" --label "org.opencontainers.image.version=${tag}")
 if revision="$(git -C "${repo_root}" rev-parse HEAD 2>/dev/null)"; then
     common_args+=(--label "org.opencontainers.image.revision=${revision}")
 fi
-gen3_client_args=(--build-arg "GEN3_CLIENT_SHA256=${GEN3_CLIENT_SHA256:-}")
-if [[ -n "${GEN3_CLIENT_VERSION:-}" ]]; then
-    gen3_client_args+=(--build-arg "GEN3_CLIENT_VERSION=${GEN3_CLIENT_VERSION}")
+notebook_args=()
+if [[ -n "${NOTEBOOK_GO_IMAGE:-}" ]]; then
+    notebook_args+=(--build-arg "GO_IMAGE=${NOTEBOOK_GO_IMAGE}")
 fi
 
 built=()
@@ -106,11 +97,11 @@ for target in "${targets[@]}"; do
             build hub images/hub/Dockerfile ${hub_args[@]+"${hub_args[@]}"}
             ;;
         notebook-python)
-            build notebook-python images/notebook/Dockerfile "${gen3_client_args[@]}" \
+            build notebook-python images/notebook/Dockerfile ${notebook_args[@]+"${notebook_args[@]}"} \
                 --build-arg "BASE_IMAGE=${NOTEBOOK_PYTHON_BASE_IMAGE:-${DEFAULT_NOTEBOOK_PYTHON_BASE_IMAGE}}"
             ;;
         notebook-r)
-            build notebook-r images/notebook/Dockerfile "${gen3_client_args[@]}" \
+            build notebook-r images/notebook/Dockerfile ${notebook_args[@]+"${notebook_args[@]}"} \
                 --build-arg "BASE_IMAGE=${NOTEBOOK_R_BASE_IMAGE:-${DEFAULT_NOTEBOOK_R_BASE_IMAGE}}"
             ;;
     esac

@@ -114,7 +114,7 @@ def settings_reference() -> str:
          "Fence login (`authenticator_class = \"gen3\"`). It is an OAuthenticator `GenericOAuthenticator`, so "
          "`client_id`, `client_secret`, `oauth_callback_url`, `admin_users`, `admin_groups`, `allow_all`, "
          "`allowed_users` and `allowed_groups` work as documented upstream. Defaults it changes: `scope` "
-         "`openid user data`, `basic_auth` True (client_secret_basic), `username_claim` `username`, "
+         "`openid user data credentials`, `refresh_pre_spawn` False, `basic_auth` True (client_secret_basic), `username_claim` `username`, "
          "`enable_auth_state` True, `manage_groups` True, URLs derived from `commons_url`."),
         ("Both spawners", Gen3KubeSpawner, (Gen3SpawnerMixin,),
          "Shared by `Gen3KubeSpawner` and `Gen3LocalSpawner`: set them on either class, or on `Gen3SpawnerMixin` for both."),

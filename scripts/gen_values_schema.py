@@ -338,7 +338,7 @@ VALUES = Group(
                         "url": Leaf(
                             {"type": "string", "pattern": r"^([a-z0-9+]+://\S*)?$"},
                             "",
-                            "SQLAlchemy URL of the external database without the password, e.g. postgresql+psycopg2://jupyterhub@db.example.org:5432/jupyterhub.",
+                            "SQLAlchemy URL of the external database without the password, e.g. postgresql+psycopg://jupyterhub@db.example.org:5432/jupyterhub.",
                         ),
                         "password": Leaf(STRING, "", "Password of the external database; stored in the hub Secret and added to db.url by the hub."),
                     },

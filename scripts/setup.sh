@@ -36,6 +36,9 @@ ensure_debian_packages() {
   local missing=()
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   [ -x /usr/sbin/squid ] || missing+=(squid)
+  # The real-Fence test bed (tests/support/realfence.py) and the hub's external-database test
+  # run private PostgreSQL clusters from Debian's server.
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
   [ ${#missing[@]} -eq 0 ] && return
   if [ "$(id -u)" != 0 ]; then
     log "missing Debian packages: ${missing[*]} (run as root, or apt-get install them)"; exit 1
@@ -47,6 +50,9 @@ ensure_debian_packages() {
   if [[ " ${missing[*]} " == *" squid "* ]]; then
     (service squid stop || true) >/dev/null 2>&1
   fi
+  if [[ " ${missing[*]} " == *" postgresql "* ]]; then
+    (service postgresql stop || true) >/dev/null 2>&1
+  fi
 }
 
 ensure_python_env
@@ -55,5 +61,8 @@ if [ "$what" = test ]; then
   ensure_debian_packages
   [ -x scripts/get-helm.sh ] && scripts/get-helm.sh >/dev/null
   [ -x tests/support/kube/build.sh ] && tests/support/kube/build.sh
+  tests/support/fencebed/build.sh >/dev/null
+  # The real gen3-client, built from the commit the notebook image pins (cached in .cache/).
+  tests/support/gen3client/build.sh >/dev/null
 fi
 log "ready"

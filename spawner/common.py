@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import inspect
 import json
 from pathlib import Path
@@ -11,7 +12,7 @@ from urllib.parse import urlparse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from traitlets import Bool, List, Unicode, default, validate
+from traitlets import Bool, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
 from .flavors import Catalogue, CatalogueError, Flavor, default_catalogue_path, format_memory, shared_watcher, user_may_launch
@@ -22,6 +23,18 @@ _templates = Environment(
 )
 
 ALWAYS_NO_PROXY = ["localhost", "127.0.0.1", "::1", ".svc", ".cluster.local"]
+
+
+def jwt_scope(token: str) -> list[str] | None:
+    """The `scope` claim of a Fence JWT (not verified: only to explain a refusal early), or None if unreadable."""
+    try:
+        payload = token.split(".")[1]
+        scope = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("scope")
+    except (IndexError, ValueError, AttributeError):
+        return None
+    if isinstance(scope, str):
+        return scope.split()
+    return [str(s) for s in scope] if isinstance(scope, list) else None
 
 
 class FlavorError(web.HTTPError):
@@ -83,6 +96,29 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         config=True,
         help="Scopes of the API key minted for the user's server.",
     )
+    api_key_lifetime = Integer(
+        7 * 24 * 3600 + 3600,
+        config=True,
+        help="""Seconds a minted API key lives (Fence's `expires_in`, capped by its MAX_API_KEY_TTL).
+
+        The key is revoked when the server stops; when that fails (Fence down, the user's login
+        gone) it is retried at the next start or stop, and this is the bound on how long a key
+        can outlive its server. Fence only exchanges a key for an access token that expires
+        before the key does (the Gen3 SDK and gen3-client ask for 3600 s), so make it the
+        servers' maximum age (the culler's `--max-age`) plus at least one hour; a server older
+        than `api_key_lifetime - 3600` s loses its Gen3 credentials.
+        """,
+    )
+
+    @validate("api_key_lifetime")
+    def _check_api_key_lifetime(self, proposal: Any) -> int:
+        if proposal.value < 3600 + 60:
+            raise TraitError(
+                f"Gen3SpawnerMixin.api_key_lifetime={proposal.value} is too short: Fence refuses to exchange a key "
+                "for the SDK's 3600 s access token once the key has less than an hour left. Use at least 3660."
+            )
+        return proposal.value
+
     credentials_mount_path = Unicode(
         "/etc/gen3",
         config=True,
@@ -277,8 +313,17 @@ class Gen3SpawnerMixin(LoggingConfigurable):
             # A maintenance page with status 200 is not an answer.
             raise HTTPClientError(502, "Fence answered with something that is not JSON") from None
 
+    MISSING_CREDENTIALS_SCOPE = (
+        "Fence will not issue Gen3 credentials for your workspace: the hub's login does not carry the "
+        "'credentials' scope, which Fence requires for API keys. This is a set-up problem of the "
+        "workspace, not of your account: the commons administrators must add 'credentials' to Fence's "
+        "CLIENT_ALLOWED_SCOPES, give the hub's client that scope (fence-create client-modify --client <name> "
+        "--append --allowed-scopes credentials) and keep it in Gen3OAuthenticator.scope "
+        "(see docs/authentication.md). After that, log out and in again."
+    )
+
     async def mint_api_key(self) -> dict[str, str] | None:
-        """A new Fence API key for this server, or None when keys are disabled."""
+        """A new Fence API key for this server, bounded by `api_key_lifetime`; None when keys are disabled."""
         if not self._wants_api_key():
             return None
         if self._pending_revocations:
@@ -286,8 +331,12 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         token = await self._access_token()
         if not token:
             raise web.HTTPError(403, "Your login has no Fence access token; log out and in again to get Gen3 credentials.")
+        scope = jwt_scope(token)
+        if scope is not None and "credentials" not in scope:
+            self.log.error("Cannot mint an API key for %s: the access token lacks the 'credentials' scope (token scopes: %s)", self.user.name, " ".join(scope))
+            raise FlavorError(403, self.MISSING_CREDENTIALS_SCOPE)
         try:
-            key = await self._fence("POST", "/credentials/api/", token, {"scope": list(self.api_key_scopes)})
+            key = await self._fence("POST", f"/credentials/api/?expires_in={int(self.api_key_lifetime)}", token, {"scope": list(self.api_key_scopes)})
         except HTTPClientError as e:
             self.log.error("Fence refused an API key for %s: HTTP %s", self.user.name, e.code)
             raise web.HTTPError(
@@ -303,48 +352,41 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         self.log.info("Issued Fence API key %s for %s", key["key_id"], self.user.name)
         return {"key_id": key["key_id"], "api_key": key["api_key"]}
 
-    async def revoke_api_key(self, stored_key: dict[str, str] | None = None) -> None:
+    async def revoke_api_key(self) -> None:
         """Revoke this server's key and any earlier ones whose revocation failed.
 
-        Tries the user's access token first; when that is gone (expired refresh token, culled
-        server), the key revokes itself: it is exchanged for a token and deleted with it. Keys
-        that still cannot be revoked (Fence down) are kept in the spawner's state and retried at
-        the next start or stop. A failure never blocks the stop.
+        Only the user's own login can revoke (Fence wants the `credentials` scope, which a token
+        made from the key itself never has). When that is gone (refresh token expired) or Fence
+        is down, the key id is kept in the spawner's state and retried at the next start or stop;
+        the key expires by itself after `api_key_lifetime` at the latest. A failure never blocks
+        the stop.
         """
         current, self._api_key_id = self._api_key_id, None
         failed: list[str] = []
         for key_id in dict.fromkeys([*self._pending_revocations, *([current] if current else [])]):
-            key = (stored_key or {}) if key_id == current else {}
             try:
-                await self._delete_key(key_id, key)
+                await self._delete_key(key_id)
                 self.log.info("Revoked Fence API key %s of %s", key_id, self.user.name)
             except Exception as e:
-                detail = f"HTTP {e.code}" if isinstance(e, HTTPClientError) else type(e).__name__
-                self.log.warning("Could not revoke Fence API key %s of %s (%s); will retry at the next start or stop.", key_id, self.user.name, detail)
+                detail = f"HTTP {e.code}" if isinstance(e, HTTPClientError) else (str(e) if isinstance(e, web.HTTPError) else type(e).__name__)
+                self.log.warning(
+                    "Could not revoke Fence API key %s of %s (%s); will retry at the next start or stop. "
+                    "It expires by itself at most %s s after it was minted (api_key_lifetime).",
+                    key_id, self.user.name, detail, self.api_key_lifetime,
+                )
                 failed.append(key_id)
         self._pending_revocations = tuple(failed)
 
-    async def _delete_key(self, key_id: str, key: dict[str, str]) -> None:
-        token: str | None = None
+    async def _delete_key(self, key_id: str) -> None:
+        token = await self._access_token()
+        if not token:
+            raise web.HTTPError(401, "the user's Fence login is gone")
         try:
-            token = await self._access_token()
-        except Exception as e:
-            self.log.info("No fresh access token for %s (%s); revoking the key with itself", self.user.name, type(e).__name__)
-        if token:
-            try:
-                await self._fence("DELETE", f"/credentials/api/{key_id}", token)
-                return
-            except HTTPClientError as e:
-                if e.code not in (401, 403) or not key.get("api_key"):
-                    raise
-        if not key.get("api_key"):
-            raise RuntimeError("no access token and no stored key")
-        exchanged = await self._fence("POST", "/credentials/cdis/access_token", None, {"api_key": key["api_key"]})
-        await self._fence("DELETE", f"/credentials/api/{key_id}", exchanged["access_token"])
-
-    async def stored_key(self) -> dict[str, str] | None:
-        """The key where this spawner stored it (Secret or file), for revoking it with itself."""
-        return None
+            await self._fence("DELETE", f"/credentials/api/{key_id}", token)
+        except HTTPClientError as e:
+            # 404: Fence no longer lists the key (already revoked): nothing left to do.
+            if e.code != 404:
+                raise
 
     @staticmethod
     def credentials_json(key: dict[str, str]) -> str:
@@ -376,7 +418,7 @@ class Gen3SpawnerMixin(LoggingConfigurable):
 
     async def _cleanup_credentials(self) -> None:
         """Revoke the key and remove where it was stored; each spawner says where that is."""
-        await self.revoke_api_key(await self.stored_key())
+        await self.revoke_api_key()
 
     async def run_post_stop_hook(self) -> None:
         # JupyterHub runs this after every stop, also when the server died by itself and

@@ -108,7 +108,8 @@ FLAVOR_SCHEMA: dict[str, Any] = {
             "type": "string",
             "pattern": "^/",
             "description": "Fence authz resource path the user must hold the workspace "
-            "permission on (in addition to allowed_groups), e.g. /workspace/gpu.",
+            "permission on (in addition to allowed_groups), e.g. /workspace-flavors/gpu. Not under "
+            "/workspace: arborist grants every subresource of /workspace to whoever holds it.",
         },
     },
 }

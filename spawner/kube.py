@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 from typing import Any
 
 from kubernetes_asyncio.client import (
@@ -212,16 +211,6 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
                 manifest.metadata.name, self.namespace, manifest, _request_timeout=self.k8s_api_request_timeout
             )
 
-    async def stored_key(self) -> dict[str, str] | None:
-        try:
-            secret = await self.api.read_namespaced_secret(
-                self.credentials_secret_name, self.namespace, _request_timeout=self.k8s_api_request_timeout
-            )
-            return json.loads(base64.b64decode(secret.data["credentials.json"]))
-        except Exception:
-            # Gone or unreadable: revocation then relies on the user's own token.
-            return None
-
     async def _delete_credentials_secret(self) -> None:
         try:
             await self.api.delete_namespaced_secret(
@@ -291,7 +280,6 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
 
     async def _cleanup_credentials(self) -> None:
         had_key = bool(self._api_key_id)
-        # Read before revoking: the stored key can revoke itself when the user's session is gone.
-        await self.revoke_api_key(await self.stored_key() if had_key else None)
+        await self.revoke_api_key()
         if had_key or self.issue_api_key:
             await self._delete_credentials_secret()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -77,6 +76,11 @@ class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
         env = super().get_env()
         # The notebook image's Jupyter Server settings (portal embedding, idle culling).
         env["JUPYTER_CONFIG_PATH"] = str(Path(__file__).with_name("singleuser"))
+        # As in the notebook image: gen3-client's release check asks GitHub before every command.
+        env["GEN3_CLIENT_VERSION_CHECK"] = "false"
+        # The image's start-up hook keeps gen3-client's file (it holds the key) here, off the
+        # drive; the folder goes with the credentials when the server stops.
+        env["GEN3_CLIENT_RUNTIME_DIR"] = str(Path(self.credentials_mount_path) / "gen3-client")
         return env
 
     async def start(self) -> Any:
@@ -102,12 +106,6 @@ class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
             f.write(self.credentials_json(key))
         os.chmod(target, 0o400)
 
-    async def stored_key(self) -> dict[str, str] | None:
-        try:
-            return json.loads((Path(self.credentials_mount_path) / "credentials.json").read_text())
-        except (OSError, ValueError):
-            return None
-
     async def _cleanup_credentials(self) -> None:
-        await self.revoke_api_key(await self.stored_key())
+        await self.revoke_api_key()
         shutil.rmtree(self.credentials_mount_path, ignore_errors=True)

@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.fence import WORKSPACE_AUTHZ, FenceStandIn
 from tests.support.hub import Hub
+from tests.support.realfence import FenceBed
 
 
 def make_fence() -> FenceStandIn:
@@ -34,10 +35,19 @@ def _reset_fence(request: pytest.FixtureRequest) -> Iterator[None]:
         f: FenceStandIn = request.getfixturevalue("fence")
         f.fail_500 = False
         f.reject_refresh = False
+        f.token_delay = 0.0
         f.auto_login = None
         f.access_token_lifetime = 1200
         if f._thread is None:
             f.start()
+
+
+@pytest.fixture(scope="session")
+def real_fence() -> Iterator[FenceBed]:
+    """Real Fence + arborist + PostgreSQL (tests/support/realfence.py), started once per session."""
+    bed = FenceBed().start()
+    yield bed
+    bed.stop()
 
 
 @pytest.fixture(scope="module")

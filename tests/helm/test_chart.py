@@ -451,7 +451,7 @@ def test_external_db_has_no_pvc_and_a_password_from_the_secret() -> None:
     assert _env(pod)["GEN3WS_DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": f"{FULLNAME}-hub", "key": "db-password"}
     assert _secret_data(docs)["db-password"] == "db-password-for-tests"
     db = hub_config(docs)["hub"]["db"]
-    assert db["type"] == "external" and db["url"].startswith("postgresql+psycopg2://jupyterhub@") and "db-password-for-tests" not in db["url"]
+    assert db["type"] == "external" and db["url"].startswith("postgresql+psycopg://jupyterhub@") and "db-password-for-tests" not in db["url"]
 
 
 def test_ingress_routes_the_base_url_to_proxy_public() -> None:

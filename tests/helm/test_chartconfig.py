@@ -87,6 +87,7 @@ def test_idle_culler_is_a_hub_service_with_a_minimal_role(tmp_path: Path) -> Non
     assert service["name"] == "idle-culler"
     assert service["command"][:3] == [sys.executable, "-m", "jupyterhub_idle_culler"]
     assert {"--timeout=1800", "--cull-every=120", "--max-age=86400", "--concurrency=10"} <= set(service["command"])
+    assert c.Gen3KubeSpawner.api_key_lifetime == 86400 + 120 + 3600, "keys die an hour after the oldest server may"
     (role,) = c.JupyterHub.load_roles
     assert role["services"] == ["idle-culler"]
     assert sorted(role["scopes"]) == sorted(["list:users", "read:users:activity", "read:servers", "delete:servers"])
@@ -100,10 +101,16 @@ def test_culler_off(tmp_path: Path) -> None:
 def test_external_db_gets_the_password_spliced_in(tmp_path: Path) -> None:
     env = {**ENV, "GEN3WS_DB_PASSWORD": "p@ss/word"}
     c = _apply(tmp_path, "external-db.yaml", env=env)
-    assert c.JupyterHub.db_url == "postgresql+psycopg2://jupyterhub:p%40ss%2Fword@postgres.databases.svc:5432/jupyterhub"
+    assert c.JupyterHub.db_url == "postgresql+psycopg://jupyterhub:p%40ss%2Fword@postgres.databases.svc:5432/jupyterhub"
     assert c.JupyterHub.upgrade_db is False
     without = _apply(tmp_path, "external-db.yaml")
-    assert without.JupyterHub.db_url == "postgresql+psycopg2://jupyterhub@postgres.databases.svc:5432/jupyterhub"
+    assert without.JupyterHub.db_url == "postgresql+psycopg://jupyterhub@postgres.databases.svc:5432/jupyterhub"
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg2://u@db:5432/j", "mysql+pymysql://u@db/j", "notadriver://x"])
+def test_external_db_without_a_driver_in_the_image_is_a_clear_error(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ChartConfigError, match=r"hub\.db\.url cannot be used.*postgresql\+psycopg://"):
+        _apply(tmp_path, "external-db.yaml", overrides={"hub": {"db": {"url": url}}})
 
 
 def test_egress_off_means_no_proxy_env(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ import pytest
 
 from tests.images.helpers import BUILD_SCRIPT, IMAGES, REPO_ROOT
 
-SHA = "a" * 64
 # Just what the script needs besides docker: bash, coreutils, awk, git. Not /usr/local/bin,
 # where a real docker CLI may live.
 BASE_PATH = "/usr/bin:/bin"
@@ -43,7 +42,7 @@ def fake_docker(tmp_path: Path) -> dict[str, Path]:
 def run_build(fake: dict[str, Path] | None, *args: str, **env_overrides: str) -> subprocess.CompletedProcess[str]:
     if shutil.which("bash") is None:
         pytest.skip("bash is needed for images/build.sh")
-    env = {"PATH": BASE_PATH, "HOME": os.environ.get("HOME", "/tmp"), "GEN3_CLIENT_SHA256": SHA}
+    env = {"PATH": BASE_PATH, "HOME": os.environ.get("HOME", "/tmp")}
     if fake is not None:
         env["PATH"] = f"{fake['bin']}{os.pathsep}{BASE_PATH}"
         env["FAKE_DOCKER_LOG"] = str(fake["log"])
@@ -104,7 +103,7 @@ def test_builds_all_images_with_the_default_registry_and_project_version(fake_do
     r = built[f"quay.io/gen3-workspace/notebook-r:{version}"]
     for line in (python, r):
         assert f"--file {IMAGES}/notebook/Dockerfile" in line
-        assert f"--build-arg GEN3_CLIENT_SHA256={SHA}" in line
+        assert "GEN3_CLIENT" not in line, "gen3-client is pinned in the Dockerfile only"
     assert "--build-arg BASE_IMAGE=quay.io/jupyter/scipy-notebook:" in python
     assert "--build-arg BASE_IMAGE=quay.io/jupyter/r-notebook:" in r
     assert not any(c.startswith("push") for c in calls(fake_docker))
@@ -121,12 +120,14 @@ def test_registry_and_tag_come_from_the_environment(fake_docker: dict[str, Path]
 def test_release_overrides_are_passed_through(fake_docker: dict[str, Path]) -> None:
     pinned = "quay.io/jupyter/r-notebook:2025-07-07@sha256:" + "b" * 64
 
-    result = run_build(fake_docker, "notebook-r", NOTEBOOK_R_BASE_IMAGE=pinned, GEN3_CLIENT_VERSION="2099.01")
+    go = "golang:1.26.8-bookworm@sha256:" + "c" * 64
+
+    result = run_build(fake_docker, "notebook-r", NOTEBOOK_R_BASE_IMAGE=pinned, NOTEBOOK_GO_IMAGE=go)
 
     assert result.returncode == 0, result.stderr
     (line,) = builds(fake_docker).values()
     assert f"--build-arg BASE_IMAGE={pinned}" in line
-    assert "--build-arg GEN3_CLIENT_VERSION=2099.01" in line
+    assert f"--build-arg GO_IMAGE={go}" in line
 
 
 def test_push_pushes_exactly_what_was_built(fake_docker: dict[str, Path]) -> None:
@@ -143,21 +144,6 @@ def test_a_failed_build_pushes_nothing(fake_docker: dict[str, Path]) -> None:
 
     assert result.returncode != 0
     assert not any(c.startswith("push") for c in calls(fake_docker))
-
-
-def test_notebook_images_need_the_gen3_client_sha(fake_docker: dict[str, Path]) -> None:
-    result = run_build(fake_docker, "notebook-python", GEN3_CLIENT_SHA256="")
-
-    assert result.returncode == 1
-    assert "GEN3_CLIENT_SHA256" in result.stderr
-    assert builds(fake_docker) == {}
-
-
-def test_the_hub_alone_does_not_need_the_sha(fake_docker: dict[str, Path]) -> None:
-    result = run_build(fake_docker, "hub", GEN3_CLIENT_SHA256="")
-
-    assert result.returncode == 0, result.stderr
-    assert len(builds(fake_docker)) == 1
 
 
 @pytest.mark.parametrize("args", [("--bogus",), ("notebook-julia",)])

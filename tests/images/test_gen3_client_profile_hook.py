@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -71,6 +72,7 @@ def run_hook(home: Path, key_file: Path, tmp_path: Path) -> RunHook:
             "HOME": str(home),
             "GEN3_API_KEY": str(key_file),
             "GEN3_ENDPOINT": COMMONS + "/",
+            "GEN3_CLIENT_RUNTIME_DIR": str(tmp_path / "runtime"),
         }
         for name, value in overrides.items():
             if value is None:
@@ -86,6 +88,15 @@ def run_hook(home: Path, key_file: Path, tmp_path: Path) -> RunHook:
 
 def config_path(home: Path) -> Path:
     return home / ".gen3" / "gen3_client_config.ini"
+
+
+def own_path(home: Path) -> Path:
+    return home / ".gen3" / "my_profiles.ini"
+
+
+def files_holding(folder: Path, secret: str) -> list[Path]:
+    """Regular files under `folder` (symlinks not followed) that contain `secret`."""
+    return [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink() and secret.encode() in p.read_bytes()]
 
 
 def read_ini(path: Path) -> configparser.ConfigParser:
@@ -159,10 +170,11 @@ def test_keeps_other_profiles_byte_for_byte(run_hook: RunHook, home: Path) -> No
 
 
 def test_replaces_a_stale_profile_in_place(run_hook: RunHook, home: Path) -> None:
+    # A profile of the workspace's name in the user's own file is replaced where it stands.
     before, after = OTHER_PROFILES.split("[training]")
     stale = f"[{PROFILE}]\nkey_id=old\napi_key=old.key.value\naccess_token=old.token\napi_endpoint={COMMONS}\n\n"
-    config_path(home).parent.mkdir(mode=0o700)
-    config_path(home).write_text(before + stale + "[training]" + after, encoding="utf-8")
+    own_path(home).parent.mkdir(mode=0o700)
+    own_path(home).write_text(before + stale + "[training]" + after, encoding="utf-8")
 
     assert run_hook().returncode == 0
 
@@ -174,6 +186,7 @@ def test_replaces_a_stale_profile_in_place(run_hook: RunHook, home: Path) -> Non
     assert ini[PROFILE]["key_id"] == KEY_ID
     assert ini[PROFILE]["access_token"] == hook.ACCESS_TOKEN_PLACEHOLDER  # the old key's token is dropped
     assert "old" not in text
+    assert own_path(home).read_text(encoding="utf-8") == before + stale + "[training]" + after, "the user's file is only read"
 
 
 def test_second_run_changes_nothing(run_hook: RunHook, home: Path) -> None:
@@ -368,9 +381,70 @@ def read_ini_string(text: str) -> configparser.ConfigParser:
     return parser
 
 
-def test_configure_profile_is_callable_with_env_and_home(home: Path, key_file: Path) -> None:
-    outcome = hook.configure_profile({"GEN3_API_KEY": str(key_file), "GEN3_ENDPOINT": COMMONS}, home)
+def test_configure_profile_is_callable_with_env_and_home(home: Path, key_file: Path, tmp_path: Path) -> None:
+    env = {"GEN3_API_KEY": str(key_file), "GEN3_ENDPOINT": COMMONS, "GEN3_CLIENT_RUNTIME_DIR": str(tmp_path / "run")}
+    outcome = hook.configure_profile(env, home)
 
     assert outcome.changed
-    assert outcome.config_path == config_path(home)
+    assert outcome.config_path == tmp_path / "run" / "gen3_client_config.ini"
+    assert config_path(home).resolve() == outcome.config_path
     assert read_ini(config_path(home))[PROFILE]["key_id"] == KEY_ID
+
+
+# --- the key stays off the persistent drive (issue 15.5) -------------------------------------------
+
+
+def test_the_key_is_not_written_to_the_drive(run_hook: RunHook, home: Path, tmp_path: Path) -> None:
+    assert run_hook().returncode == 0
+
+    assert config_path(home).is_symlink()
+    assert config_path(home).resolve() == tmp_path / "runtime" / "gen3_client_config.ini"
+    assert files_holding(home, SIGNATURE) == []
+    assert files_holding(tmp_path / "runtime", SIGNATURE) == [tmp_path / "runtime" / "gen3_client_config.ini"]
+    assert stat.S_IMODE((tmp_path / "runtime").stat().st_mode) == 0o700
+
+
+def test_a_key_left_on_the_drive_by_an_earlier_image_is_removed_and_other_profiles_kept(run_hook: RunHook, home: Path) -> None:
+    legacy = OTHER_PROFILES + f"\n[{PROFILE}]\nkey_id=old\napi_key=old.{SIGNATURE}\naccess_token=x\napi_endpoint={COMMONS}\n"
+    config_path(home).parent.mkdir(mode=0o700)
+    config_path(home).write_text(legacy, encoding="utf-8")
+
+    assert run_hook().returncode == 0
+
+    assert files_holding(home, SIGNATURE) == []
+    assert own_path(home).read_text(encoding="utf-8") == OTHER_PROFILES + "\n"
+    assert stat.S_IMODE(own_path(home).stat().st_mode) == 0o600
+    assert read_ini(config_path(home)).sections() == ["other-commons", "training", PROFILE]
+
+
+def test_a_new_session_starts_from_the_users_own_profiles(run_hook: RunHook, home: Path, tmp_path: Path) -> None:
+    own_path(home).parent.mkdir(mode=0o700)
+    own_path(home).write_text(OTHER_PROFILES, encoding="utf-8")
+    assert run_hook().returncode == 0
+    # The server stops: the runtime folder goes with it; the drive keeps the dangling link.
+    for child in (tmp_path / "runtime").iterdir():
+        child.unlink()
+    (tmp_path / "runtime").rmdir()
+
+    assert run_hook().returncode == 0
+
+    assert config_path(home).read_text(encoding="utf-8").startswith(OTHER_PROFILES)
+    assert read_ini(config_path(home))[PROFILE]["api_key"] == API_KEY
+
+
+def test_a_runtime_dir_on_the_drive_is_refused(run_hook: RunHook, home: Path) -> None:
+    result = run_hook(GEN3_CLIENT_RUNTIME_DIR=str(home / "tmp"))
+
+    assert result.returncode == 1
+    assert "inside the home folder" in result.stderr
+    assert files_holding(home, SIGNATURE) == []
+    assert_no_secret(result)
+
+
+def test_without_a_key_a_link_left_by_a_dead_session_is_removed(run_hook: RunHook, home: Path, tmp_path: Path) -> None:
+    assert run_hook().returncode == 0
+    shutil.rmtree(tmp_path / "runtime")  # the server stopped
+
+    assert run_hook(GEN3_API_KEY=None).returncode == 0
+
+    assert not config_path(home).is_symlink() and not config_path(home).exists()

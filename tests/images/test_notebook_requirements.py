@@ -128,7 +128,7 @@ def test_lock_installs_and_the_sdk_authenticates_from_gen3_api_key(venv_python: 
 
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["gen3"] == pinned_gen3_version()
+    assert report["gen3"] == pinned_gen3_version(venv_python)
     assert report["endpoint"] == COMMONS  # from the key's issuer: no network call was needed
     assert report["pinned"] > 10
     assert report["wrong"] == []
@@ -148,10 +148,28 @@ def test_installed_set_is_consistent(venv_python: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def pinned_gen3_version() -> str:
-    match = re.search(r"^gen3==([^\s;\\]+)", (NOTEBOOK / "requirements.in").read_text(encoding="utf-8"), re.MULTILINE)
-    assert match, "requirements.in must pin gen3 exactly"
-    return match.group(1)
+def pinned_gen3_versions() -> dict[str, str]:
+    """Marker ("" for none) -> the exact gen3 version requirements.in pins under it."""
+    found = dict(
+        (marker.strip(), version)
+        for version, marker in re.findall(r"^gen3==([^\s;\\]+)\s*(?:;(.*))?$", (NOTEBOOK / "requirements.in").read_text(encoding="utf-8"), re.MULTILINE)
+    )
+    assert found, "requirements.in must pin gen3 exactly"
+    return found
+
+
+def pinned_gen3_version(python: Path) -> str:
+    """The gen3 version requirements.in pins for the venv's Python."""
+    version = subprocess.run([str(python), "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True, check=True).stdout.strip()
+    marker_cls = pytest.importorskip("packaging.markers").Marker
+    (pin,) = [v for m, v in pinned_gen3_versions().items() if not m or marker_cls(m).evaluate({"python_full_version": version, "python_version": version.rsplit(".", 1)[0]})]
+    return pin
+
+
+def test_the_sdk_is_the_newest_major_where_python_allows() -> None:
+    # gen3 5.x needs Python >= 3.13: the lock must carry it there, and 4.x below.
+    pins = pinned_gen3_versions()
+    assert any(v.startswith("5.") and ">= \"3.13\"" in m for m, v in pins.items()), pins
 
 
 def locked_versions() -> dict[str, list[str]]:
@@ -190,8 +208,11 @@ def test_lock_matches_requirements_in() -> None:
 
     assert declared
     for line in declared:
-        name, spec = re.match(r"^([A-Za-z0-9_.-]+)(.*)$", line).groups()  # type: ignore[union-attr]
+        name, spec = re.match(r"^([A-Za-z0-9_.-]+)([^;]*)", line).groups()  # type: ignore[union-attr]
         assert canonical(name) in locked, f"{name} is in requirements.in but not in the lock"
+        if ";" in line:  # a per-Python pin: the lock carries exactly that version among its forks
+            assert spec.strip().lstrip("=") in locked[canonical(name)], f"lock lacks {line}"
+            continue
         for version in locked[canonical(name)]:
             assert version in specifier_set(spec), f"lock pins {name}=={version}, requirements.in says {spec}"
-    assert locked["gen3"] == [pinned_gen3_version()]
+    assert sorted(locked["gen3"]) == sorted(pinned_gen3_versions().values())

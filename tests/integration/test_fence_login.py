@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import html
+import re
 import time
+from pathlib import Path
 
 import requests
 
@@ -142,6 +144,43 @@ def test_logout_ends_the_fence_session(fence_hub: Hub, fence: FenceStandIn) -> N
     r = s.get(f"{fence_hub.url}hub/logout", timeout=30)
     assert fence.calls_to("/user/logout")
     assert s.get(f"{fence_hub.url}hub/home", allow_redirects=False, timeout=30).status_code == 302
+
+
+def test_the_spawn_pending_page_never_says_not_running_while_the_token_is_refreshed(fence: FenceStandIn, tmp_path: Path) -> None:
+    # An operator turning on refresh_pre_spawn would make JupyterHub refresh before it marks the
+    # spawn pending; with a slow Fence the pending page then says "Server not running". The
+    # authenticator keeps it off; the spawner refreshes inside start(), while pending.
+    hub = Hub(tmp_path, fence=fence, extra_config="c.Authenticator.refresh_pre_spawn = True\nc.Authenticator.auth_refresh_age = 3600\n").start()
+    try:
+        assert "refresh_pre_spawn is ignored" in hub.log()
+        fence.access_token_lifetime = 4  # refresh margin: half of it
+        s, r = hub.login("alice")
+        assert r.status_code == 200
+        fence.access_token_lifetime = 1200
+        time.sleep(2.5)
+        fence.token_delay = 4
+        refreshes = len([c for c in fence.calls_to("/user/oauth2/token") if c.grant_type == "refresh_token"])
+        form = s.get(f"{hub.url}hub/spawn", timeout=30).text
+        xsrf = re.search(r'xsrf_token: "([^"]+)"', form).group(1)
+        r = s.post(f"{hub.url}hub/spawn", data={"flavor": "python-small", "_xsrf": xsrf}, allow_redirects=False, timeout=60)
+        assert r.status_code == 302 and "spawn-pending" in r.headers["Location"], (r.status_code, r.headers.get("Location"))
+        pending = r.headers["Location"] if r.headers["Location"].startswith("http") else f"http://127.0.0.1:{hub.port}{r.headers['Location']}"
+        seen = []
+        deadline = time.time() + 3
+        while time.time() < deadline:
+            page = s.get(pending, allow_redirects=False, timeout=30)
+            seen.append(page.status_code)
+            assert "Server not running" not in page.text and "is not running" not in page.text
+            time.sleep(0.3)
+        assert 200 in seen
+        hub.wait_for_server("alice")
+        done = [c for c in fence.calls_to("/user/oauth2/token") if c.grant_type == "refresh_token"]
+        assert len(done) == refreshes + 1, "one refresh for the spawn, inside start()"
+        hub.api("DELETE", "users/alice/server")
+        hub.wait_for_server("alice", ready=False)
+    finally:
+        fence.token_delay = 0
+        hub.stop()
 
 
 def test_no_secret_or_token_in_the_hub_log(fence_hub: Hub, fence: FenceStandIn) -> None:

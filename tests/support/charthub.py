@@ -22,7 +22,7 @@ c.JupyterHub.port = {port}
 c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.hub_port = {hub_port}
 c.JupyterHub.hub_connect_url = "http://127.0.0.1:{hub_port}"
-c.JupyterHub.db_url = "sqlite:///{db}"
+{db_line}
 c.JupyterHub.cleanup_servers = True
 c.ConfigurableHTTPProxy.should_start = True
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
@@ -41,9 +41,25 @@ class ChartHub(Hub):
 
     ready_marker = "JupyterHub is now running"
 
-    def __init__(self, tmp: Path, fence: FenceStandIn, kubeconfig: Path, config_yaml: str, flavors_yaml: str, base_url: str = "/workspace/"):
-        """`config_yaml` and `flavors_yaml`: the data of the ConfigMaps the chart installed."""
-        super().__init__(tmp, fence=fence)
+    def __init__(
+        self, tmp: Path, fence: FenceStandIn, kubeconfig: Path, config_yaml: str, flavors_yaml: str, base_url: str = "/workspace/",
+        chart_db: bool = False, extra_config: str = "", extra_env: dict[str, str] | None = None,
+    ):
+        """`config_yaml` and `flavors_yaml`: the data of the ConfigMaps the chart installed.
+
+        `chart_db`: use the database the chart config names (hub.db) instead of a sqlite file.
+        The hub Secret's values are made once, so a restarted hub reads what it stored.
+        """
+        super().__init__(tmp, fence=fence, extra_config=extra_config)
+        self.chart_db = chart_db
+        # Fixed per instance, so a restarted hub is found where the servers it started expect it.
+        self.hub_port, self.api_port = free_port(), free_port()
+        self.secret_env = {
+            "GEN3WS_COOKIE_SECRET": secrets.token_hex(32),
+            "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32),
+            "CONFIGPROXY_AUTH_TOKEN": secrets.token_hex(32),
+            **(extra_env or {}),
+        }
         self.kubeconfig = kubeconfig
         self.config_yaml = config_yaml
         self.flavors_yaml = flavors_yaml
@@ -58,18 +74,13 @@ class ChartHub(Hub):
         cfg = self.tmp / "jupyterhub_config.py"
         cfg.write_text(
             PLUMBING.format(
-                config=str(config), port=self.port, hub_port=free_port(), api_port=free_port(), db=self.tmp / "jupyterhub.sqlite",
+                config=str(config), port=self.port, hub_port=self.hub_port, api_port=self.api_port,
+                db_line="" if self.chart_db else f'c.JupyterHub.db_url = "sqlite:///{self.tmp / "jupyterhub.sqlite"}"',
                 chp=find_proxy_command(), flavors=str(flavors), singleuser=str(Path(sys.executable).with_name("jupyterhub-singleuser")),
                 base=self.base_url, test_config=str(test_config),
             )
         )
         # What the chart's hub Secret gives the hub as env.
-        env.update(
-            KUBECONFIG=str(self.kubeconfig),
-            GEN3WS_CLIENT_SECRET=self.fence.client_secret,
-            GEN3WS_COOKIE_SECRET=secrets.token_hex(32),
-            JUPYTERHUB_CRYPT_KEY=secrets.token_hex(32),
-            CONFIGPROXY_AUTH_TOKEN=secrets.token_hex(32),
-        )
+        env.update(KUBECONFIG=str(self.kubeconfig), GEN3WS_CLIENT_SECRET=self.fence.client_secret, **self.secret_env)
         return [sys.executable, "-m", "jupyterhub", "--config", str(cfg), "--debug"]
 

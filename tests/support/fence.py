@@ -1,9 +1,12 @@
 """A Fence stand-in for tests: the OAuth2/OIDC, API-key and token endpoints of Gen3's Fence on 127.0.0.1.
 
 It speaks the real protocol (client_secret_basic, authorization-code and refresh-token grants,
-PKCE, RS256 JWTs that `gen3.auth` can decode, the API-key endpoints Gen3Auth and hatchery use),
-keeps its users, their authz and groups, and token lifetimes settable per test, can be told to
-fail, and records every call. It runs in a thread with its own event loop so synchronous tests
+RS256 JWTs that `gen3.auth` can decode, the API-key endpoints Gen3Auth, gen3-client and hatchery
+use) the way real Fence 13 does, proven by tests/contract/test_fence_contract.py, which runs the
+same cases against both: keys need the `credentials` scope, tokens made from keys lose it,
+refresh returns the same refresh token, PKCE is accepted but not checked, logout redirects only
+to allowed hosts. It keeps its users, their authz and groups, and token lifetimes settable per
+test, can be told to fail (the faults real Fence cannot be made to show), and records every call. It runs in a thread with its own event loop so synchronous tests
 and a JupyterHub subprocess can both talk to it.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import html
 import secrets
 import threading
@@ -19,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode, urlparse
 
 import jwt
 from aiohttp import web
@@ -30,8 +34,16 @@ from gen3workspace.hub.cli import free_port
 # Typed per-request slots the middleware reads back to record who called and with which grant.
 USERNAME = web.RequestKey("username", str)
 GRANT_TYPE = web.RequestKey("grant_type", str)
+CLAIMS = web.RequestKey("claims", dict)
 
 WORKSPACE_AUTHZ = {"/workspace": [{"service": "jupyterhub", "method": "access"}]}
+# Scopes of real Fence: what a client may be registered with by default (CLIENT_ALLOWED_SCOPES
+# plus `credentials`, which docs/authentication.md tells commons to add), and what may go into
+# an API key (USER_ALLOWED_SCOPES; never `credentials`).
+CLIENT_SCOPES = ["openid", "user", "data", "credentials"]
+USER_ALLOWED_SCOPES = {"fence", "openid", "user", "data", "admin", "google_credentials", "google_service_account", "google_link", "ga4gh_passport_v1"}
+# Fence refuses to exchange a key for a token that would outlive the key (MAX_ACCESS_TOKEN_TTL).
+MAX_ACCESS_TOKEN_TTL = 3600
 
 
 @dataclass
@@ -43,15 +55,23 @@ class FenceUser:
     user_id: int = field(default_factory=lambda: secrets.randbelow(10**6))
 
     def userinfo(self) -> dict[str, Any]:
+        # The fields real Fence 13 answers with (groups stay empty for policy-based access).
         return {
+            "active": True,
             "username": self.username,
             "user_id": self.user_id,
             "sub": str(self.user_id),
             "name": self.username,
+            "email": f"{self.username}@example.org",
+            "display_name": "",
+            "idp": "google",
             "is_admin": self.is_admin,
+            "role": "admin" if self.is_admin else "user",
             "groups": list(self.groups),
             "authz": self.authz,
             "resources": sorted(self.authz),
+            "resources_granted": [],
+            "project_access": {},
             "azp": None,
             "certificates_uploaded": [],
             "message": "",
@@ -76,12 +96,17 @@ class FenceStandIn:
         self.port = port or free_port()
         self.users: dict[str, FenceUser] = {}
         self.redirect_uris: list[str] = []  # empty: any redirect_uri accepted
+        # Registered clients: id -> (secret, allowed scopes); the main one first.
+        self.clients: dict[str, tuple[str, list[str]]] = {self.client_id: (self.client_secret, list(CLIENT_SCOPES))}
+        # Hosts logout may send the browser to besides Fence's own and the redirect URIs' (LOGIN_REDIRECT_WHITELIST).
+        self.login_redirect_whitelist: list[str] = []
         self.access_token_lifetime = 1200
         self.refresh_token_lifetime = 30 * 24 * 3600
         self.api_key_lifetime = 30 * 24 * 3600
         # Failure switches.
         self.fail_500 = False
         self.reject_refresh = False
+        self.token_delay = 0.0  # seconds the token endpoint takes ("Fence is slow")
         # Non-interactive login: authorize redirects straight back as this user.
         self.auto_login: str | None = None
         self.calls: list[Call] = []
@@ -94,6 +119,7 @@ class FenceStandIn:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
+        self._init_data()
 
     # --- test-facing API ---------------------------------------------------------------
 
@@ -105,6 +131,12 @@ class FenceStandIn:
     @property
     def issuer(self) -> str:
         return f"{self.url}/user"
+
+    def add_client(self, client_id: str, scopes: list[str], client_secret: str | None = None) -> tuple[str, str]:
+        """Register another client (`fence-create client-create --allowed-scopes ...`); (id, secret)."""
+        secret = client_secret or "cs-" + secrets.token_urlsafe(24)
+        self.clients[client_id] = (secret, list(scopes))
+        return client_id, secret
 
     def add_user(self, username: str, **kw: Any) -> FenceUser:
         user = FenceUser(username, **kw)
@@ -129,6 +161,8 @@ class FenceStandIn:
         """Stop listening ("Fence is down"); `start()` brings it back on the same port."""
         if self._loop and self._runner:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            if self._files_runner:
+                asyncio.run_coroutine_threadsafe(self._files_runner.cleanup(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread:
             self._thread.join(10)
@@ -140,17 +174,19 @@ class FenceStandIn:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    def mint_access_token(self, username: str, lifetime: int | None = None, scopes: list[str] | None = None) -> str:
+    def mint_access_token(self, username: str, lifetime: int | None = None, scopes: list[str] | None = None, azp: str | None = None) -> str:
         now = int(time.time())
+        azp = self.client_id if azp is None else azp
         claims = {
             "iss": self.issuer,
             "sub": str(self.users[username].user_id),
-            "aud": [self.client_id, "openid", "user", "data"],
+            "aud": ["gen3", azp] if azp else ["gen3"],
             "iat": now,
             "exp": now + (self.access_token_lifetime if lifetime is None else lifetime),
             "jti": str(uuid.uuid4()),
-            "scope": scopes or ["openid", "user", "data"],
+            "scope": list(CLIENT_SCOPES) if scopes is None else list(scopes),
             "pur": "access",
+            "azp": azp,
             "context": {"user": {"name": username, "is_admin": self.users[username].is_admin}},
         }
         return self._sign(claims)
@@ -194,15 +230,22 @@ class FenceStandIn:
         r.add_post("/user/oauth2/authorize", self._authorize)
         r.add_post("/user/oauth2/token", self._token)
         r.add_get("/user/user", self._userinfo)
+        r.add_get("/user/user/", self._userinfo)
         r.add_get("/user/logout", self._logout)
         r.add_post("/user/credentials/api/", self._create_key)
         r.add_post("/user/credentials/api", self._create_key)
+        r.add_get("/user/credentials/api/", self._list_keys)
+        r.add_get("/user/credentials/api", self._list_keys)
         r.add_delete("/user/credentials/api/{key_id}", self._delete_key)
+        # gen3-client uses the first; the Gen3 SDK the deprecated second. Same handler in Fence.
+        r.add_post("/user/credentials/api/access_token", self._key_to_token)
         r.add_post("/user/credentials/cdis/access_token", self._key_to_token)
+        self._add_data_routes(r)
         self._runner = web.AppRunner(app, access_log=None)
         loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         loop.run_until_complete(site.start())
+        loop.run_until_complete(self._start_file_server())
         ready.set()
         loop.run_forever()
         loop.close()
@@ -225,7 +268,7 @@ class FenceStandIn:
         call.grant_type = request.get(GRANT_TYPE)
         return response
 
-    def _bearer_user(self, request: web.Request) -> str:
+    def _bearer_user(self, request: web.Request, scope: str | None = None) -> str:
         auth = request.headers.get("Authorization", "")
         if not auth.lower().startswith("bearer "):
             raise web.HTTPUnauthorized(text='{"error": "missing bearer token"}', content_type="application/json")
@@ -239,6 +282,10 @@ class FenceStandIn:
         if username not in self.users:
             raise web.HTTPUnauthorized(text='{"error": "unknown user"}', content_type="application/json")
         request[USERNAME] = username
+        if scope and scope not in (claims.get("scope") or []):
+            # Real Fence's log line for this: "token is missing required scopes: {'credentials'}".
+            raise web.HTTPUnauthorized(text=f'{{"error": "token is missing required scopes: {scope}"}}', content_type="application/json")
+        request[CLAIMS] = claims
         return username
 
     async def _discovery(self, request: web.Request) -> web.Response:
@@ -248,15 +295,14 @@ class FenceStandIn:
                 "issuer": u,
                 "authorization_endpoint": f"{u}/oauth2/authorize",
                 "token_endpoint": f"{u}/oauth2/token",
-                "userinfo_endpoint": f"{u}/user",
+                "userinfo_endpoint": f"{u}/user/",
                 "jwks_uri": f"{u}/.well-known/jwks",
                 "end_session_endpoint": f"{u}/logout",
-                "scopes_supported": ["openid", "user", "data", "google_credentials"],
-                "response_types_supported": ["code"],
-                "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+                "scopes_supported": sorted(USER_ALLOWED_SCOPES | {"credentials"}),
+                "response_types_supported": ["openid", "code", "token"],
+                "grant_types_supported": ["authorization_code", "implicit"],
                 "token_endpoint_auth_methods_supported": ["client_secret_basic"],
                 "id_token_signing_alg_values_supported": ["RS256"],
-                "code_challenge_methods_supported": ["S256"],
             }
         )
 
@@ -267,14 +313,20 @@ class FenceStandIn:
         q = dict(request.query)
         if request.method == "POST":
             q.update(await request.post())
-        if q.get("client_id") != self.client_id:
+        client = self.clients.get(q.get("client_id", ""))
+        if client is None:
             return web.Response(status=400, text="invalid_client: unknown client_id")
+        not_allowed = sorted(set(q.get("scope", "").split()) - set(client[1]))
+        if not_allowed:
+            # Fence refuses a scope the client was not registered with (validate_scopes): an error page, no redirect.
+            return web.Response(status=400, text=f"invalid_scope: client not allowed {' '.join(not_allowed)}")
         redirect_uri = q.get("redirect_uri", "")
         if self.redirect_uris and redirect_uri not in self.redirect_uris:
             return web.Response(status=400, text="invalid_request: redirect_uri not registered")
         if q.get("response_type") != "code":
             return web.Response(status=400, text="unsupported_response_type")
-        username = q.get("username") or self.auto_login
+        # Like real Fence's mocked identity provider, the dev_login cookie names the user.
+        username = q.get("username") or request.cookies.get("dev_login") or self.auto_login
         if not username:
             return self._login_page(q)
         if username not in self.users:
@@ -282,8 +334,8 @@ class FenceStandIn:
         code = secrets.token_urlsafe(24)
         self._codes[code] = {
             "username": username,
+            "client_id": q["client_id"],
             "redirect_uri": redirect_uri,
-            "challenge": q.get("code_challenge"),
             "scope": q.get("scope", "").split(),
             "nonce": q.get("nonce"),
             "expires": time.time() + 60,
@@ -307,7 +359,7 @@ class FenceStandIn:
         )
         return web.Response(text=body, content_type="text/html")
 
-    def _check_client(self, request: web.Request) -> None:
+    def _check_client(self, request: web.Request) -> str:
         auth = request.headers.get("Authorization", "")
         if not auth.startswith("Basic "):
             raise web.HTTPUnauthorized(
@@ -318,30 +370,33 @@ class FenceStandIn:
             cid, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
         except ValueError:
             cid, secret = "", ""
-        if not (secrets.compare_digest(cid, self.client_id) and secrets.compare_digest(secret, self.client_secret)):
+        known = self.clients.get(cid)
+        if not (known and secrets.compare_digest(secret, known[0])):
             raise web.HTTPUnauthorized(text='{"error": "invalid_client"}', content_type="application/json")
+        return cid
 
-    def _token_response(self, username: str, scopes: list[str], nonce: str | None = None) -> dict[str, Any]:
+    def _token_response(self, username: str, scopes: list[str], client_id: str, nonce: str | None = None) -> dict[str, Any]:
         now = int(time.time())
-        access = self.mint_access_token(username, scopes=scopes or None)
+        access = self.mint_access_token(username, scopes=scopes, azp=client_id)
         jti = str(uuid.uuid4())
         refresh = self._sign(
             {
                 "iss": self.issuer,
                 "sub": str(self.users[username].user_id),
-                "aud": [self.client_id],
+                "aud": ["gen3", client_id],
                 "iat": now,
                 "exp": now + self.refresh_token_lifetime,
                 "jti": jti,
                 "pur": "refresh",
-                "azp": self.client_id,
+                "azp": client_id,
+                "scope": scopes,
             }
         )
         self._refresh[jti] = username
         id_claims = {
             "iss": self.issuer,
             "sub": str(self.users[username].user_id),
-            "aud": [self.client_id],
+            "aud": ["gen3", client_id],
             "iat": now,
             "exp": now + self.access_token_lifetime,
             "pur": "id",
@@ -355,11 +410,12 @@ class FenceStandIn:
             "id_token": self._sign(id_claims),
             "token_type": "Bearer",
             "expires_in": self.access_token_lifetime,
-            "scope": " ".join(scopes or ["openid", "user", "data"]),
         }
 
     async def _token(self, request: web.Request) -> web.Response:
-        self._check_client(request)
+        client_id = self._check_client(request)
+        if self.token_delay:
+            await asyncio.sleep(self.token_delay)
         form = await request.post()
         grant = str(form.get("grant_type", ""))
         request[GRANT_TYPE] = grant
@@ -367,15 +423,11 @@ class FenceStandIn:
             entry = self._codes.pop(str(form.get("code", "")), None)
             if not entry or entry["expires"] < time.time():
                 return web.json_response({"error": "invalid_grant", "error_description": "bad or used code"}, status=400)
-            if entry["redirect_uri"] != form.get("redirect_uri"):
+            if entry["redirect_uri"] != form.get("redirect_uri") or entry["client_id"] != client_id:
                 return web.json_response({"error": "invalid_grant", "error_description": "redirect_uri mismatch"}, status=400)
-            if entry["challenge"]:
-                verifier = str(form.get("code_verifier", ""))
-                digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-                if digest != entry["challenge"]:
-                    return web.json_response({"error": "invalid_grant", "error_description": "PKCE mismatch"}, status=400)
+            # Real Fence takes code_challenge/code_verifier and checks neither (contract-tested).
             request[USERNAME] = entry["username"]
-            return web.json_response(self._token_response(entry["username"], entry["scope"], entry["nonce"]))
+            return web.json_response(self._token_response(entry["username"], entry["scope"], client_id, entry["nonce"]))
         if grant == "refresh_token":
             if self.reject_refresh:
                 return web.json_response({"error": "invalid_grant", "error_description": "refresh token revoked"}, status=400)
@@ -387,11 +439,11 @@ class FenceStandIn:
             if not username or username not in self.users:
                 return web.json_response({"error": "invalid_grant", "error_description": "unknown refresh token"}, status=400)
             request[USERNAME] = username
-            resp = self._token_response(username, [])
-            # Fence does not rotate refresh tokens: the client keeps its own.
-            resp.pop("refresh_token")
+            resp = self._token_response(username, list(claims.get("scope") or []), client_id)
+            # Fence does not rotate refresh tokens: it hands the same one back.
+            resp["refresh_token"] = str(form.get("refresh_token"))
             return web.json_response(resp)
-        return web.json_response({"error": "unsupported_grant_type"}, status=400)
+        return web.json_response({"error": "unauthorized_client", "error_description": f"The client is not authorized to use 'grant_type={grant}'"}, status=400)
 
     async def _userinfo(self, request: web.Request) -> web.Response:
         username = self._bearer_user(request)
@@ -399,48 +451,234 @@ class FenceStandIn:
 
     async def _logout(self, request: web.Request) -> web.StreamResponse:
         nxt = request.query.get("next")
-        if nxt:
-            raise web.HTTPFound(nxt)
-        return web.Response(text="logged out of Fence")
+        if not nxt:
+            raise web.HTTPFound(self.issuer)
+        # Fence's allowed_login_redirects: its own host, its clients' redirect hosts, the whitelist.
+        allowed = {urlparse(self.url).netloc, *self.login_redirect_whitelist}
+        allowed.update(urlparse(u).netloc for u in self.redirect_uris)
+        if urlparse(nxt).netloc not in allowed:
+            return web.Response(status=400, text=f"invalid logout redirect URL: {html.escape(nxt)}")
+        raise web.HTTPFound(nxt)
 
     async def _create_key(self, request: web.Request) -> web.Response:
-        username = self._bearer_user(request)
-        body = await request.json() if request.can_read_body else {}
-        scopes = body.get("scope") or ["data", "user"]
+        username = self._bearer_user(request, scope="credentials")
+        token_scopes = request[CLAIMS].get("scope") or []
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            body = {}
+        requested = list(body.get("scope") or []) + ["fence", "openid"]
+        for s in requested:
+            if s not in USER_ALLOWED_SCOPES:
+                return web.json_response({"error": f"Scope {s} is not supported"}, status=400)
+        # As Fence: the token's scopes are added, and `credentials` never goes into a key.
+        scopes = sorted({*requested, *(s for s in token_scopes if s in USER_ALLOWED_SCOPES)} - {"credentials"})
+        lifetime = min(int(request.query.get("expires_in", self.api_key_lifetime)), self.api_key_lifetime)
         key_id = str(uuid.uuid4())
         now = int(time.time())
         api_key = self._sign(
             {
                 "iss": self.issuer,
                 "sub": str(self.users[username].user_id),
-                "aud": ["fence", *scopes],
+                "aud": ["gen3"],
                 "iat": now,
-                "exp": now + self.api_key_lifetime,
+                "exp": now + lifetime,
                 "jti": key_id,
                 "pur": "api_key",
                 "scope": scopes,
-                "azp": "",
+                "azp": request[CLAIMS].get("azp") or "",
             }
         )
-        self.api_keys[key_id] = {"username": username, "revoked": False, "api_key": api_key, "scope": scopes}
+        self.api_keys[key_id] = {"username": username, "revoked": False, "api_key": api_key, "scope": scopes, "exp": now + lifetime}
         return web.json_response({"key_id": key_id, "api_key": api_key})
 
+    async def _list_keys(self, request: web.Request) -> web.Response:
+        username = self._bearer_user(request, scope="credentials")
+        jtis = [{"jti": k, "exp": v["exp"]} for k, v in self.api_keys.items() if v["username"] == username and not v["revoked"]]
+        return web.json_response({"jtis": jtis})
+
     async def _delete_key(self, request: web.Request) -> web.Response:
-        username = self._bearer_user(request)
+        username = self._bearer_user(request, scope="credentials")
         entry = self.api_keys.get(request.match_info["key_id"])
-        if not entry or entry["username"] != username:
+        # A revoked key is gone from Fence's list, so deleting it again is a 404 too.
+        if not entry or entry["username"] != username or entry["revoked"]:
             return web.json_response({"error": "no such key"}, status=404)
         entry["revoked"] = True
         return web.Response(status=204)
 
     async def _key_to_token(self, request: web.Request) -> web.Response:
-        body = await request.json()
         try:
-            claims = self._verify(str(body.get("api_key", "")), "api_key")
+            body = await request.json()
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict) or not body.get("api_key"):
+            return web.json_response({"error": "Please provide an api_key in payload"}, status=400)
+        try:
+            claims = self._verify(str(body["api_key"]), "api_key")
         except jwt.InvalidTokenError as e:
             return web.json_response({"error": f"invalid api key: {e}"}, status=401)
         entry = self.api_keys.get(claims["jti"])
         if not entry or entry["revoked"]:
             return web.json_response({"error": "api key revoked"}, status=401)
+        lifetime = min(int(request.query.get("expires_in", MAX_ACCESS_TOKEN_TTL)), MAX_ACCESS_TOKEN_TTL)
+        if claims["exp"] < time.time() + lifetime:
+            return web.json_response({"error": "Cannot issue an access token that would expire after the provided API key does."}, status=400)
         request[USERNAME] = entry["username"]
-        return web.json_response({"access_token": self.mint_access_token(entry["username"], scopes=entry["scope"])})
+        return web.json_response({"access_token": self.mint_access_token(entry["username"], lifetime=lifetime, scopes=entry["scope"], azp="")})
+
+    # =====================================================================================
+    # Data routes gen3-client calls (download-single, upload), as Fence 13.3 and indexd serve them
+    # (fence/blueprints/data/blueprint.py; indexd behind revproxy at /index), and a local file
+    # server standing in for the bucket the presigned URLs point into. Objects are added with
+    # `add_object`; uploads land in `objects` as well.
+    # =====================================================================================
+
+    def _init_data(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}  # guid -> indexd record + "content"
+        self.presigned_url_lifetime = 3600
+        self.files_port = free_port()
+        self._url_key = secrets.token_bytes(32)
+        self._files_runner: web.AppRunner | None = None
+
+    def add_object(self, file_name: str, content: bytes, authz: list[str] | None = None, guid: str | None = None) -> str:
+        """Register a file in the stand-in's indexd and bucket; returns its GUID (dg.TEST/<uuid>, as Gen3 prefixes them).
+
+        `authz`: resources whose `read-storage` a user needs; empty: any logged-in user may read it.
+        """
+        guid = guid or f"dg.TEST/{uuid.uuid4()}"
+        self.objects[guid] = self._index_record(guid, file_name, authz or [], content, uploader=None)
+        return guid
+
+    def _index_record(self, guid: str, file_name: str, authz: list[str], content: bytes | None, uploader: str | None) -> dict[str, Any]:
+        now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        return {
+            "did": guid,
+            "baseid": str(uuid.uuid4()),
+            "rev": secrets.token_hex(4),
+            "form": "object",
+            "size": len(content) if content is not None else None,
+            "file_name": file_name,
+            "version": None,
+            "uploader": uploader,
+            "urls": [f"s3://standin-bucket/{guid}/{file_name}"] if content is not None else [],
+            "urls_metadata": {},
+            "acl": [],
+            "authz": authz,
+            "hashes": {"md5": hashlib.md5(content).hexdigest()} if content is not None else {},  # noqa: S324 - indexd's checksum field
+            "metadata": {},
+            "description": None,
+            "created_date": now,
+            "updated_date": now,
+            "content": content,
+        }
+
+    def _add_data_routes(self, r: web.UrlDispatcher) -> None:
+        r.add_get("/index/index/{guid:.+}", self._indexd_get)
+        r.add_get("/user/data/download/{guid:.+}", self._data_download)
+        r.add_post("/user/data/upload", self._data_upload)
+        r.add_get("/user/data/upload/{guid:.+}", self._data_upload_url)
+
+    async def _start_file_server(self) -> None:
+        app = web.Application()
+        app.router.add_get("/{guid:.+}", self._file_get)
+        app.router.add_put("/{guid:.+}", self._file_put)
+        self._files_runner = web.AppRunner(app, access_log=None)
+        await self._files_runner.setup()
+        await web.TCPSite(self._files_runner, "127.0.0.1", self.files_port, reuse_address=True).start()
+
+    def _sign_url(self, method: str, guid: str, expires: int) -> str:
+        return hmac.new(self._url_key, f"{method}\n{guid}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def presigned_url(self, method: str, guid: str, file_name: str) -> str:
+        expires = int(time.time()) + self.presigned_url_lifetime
+        query = urlencode({"X-Amz-Expires": expires, "X-Amz-Signature": self._sign_url(method, guid, expires), "file_name": file_name})
+        return f"http://127.0.0.1:{self.files_port}/{quote(guid)}?{query}"
+
+    def _check_url(self, request: web.Request, method: str) -> str:
+        guid = request.match_info["guid"]
+        try:
+            expires = int(request.query.get("X-Amz-Expires", ""))
+        except ValueError:
+            raise web.HTTPForbidden(text="missing expiry") from None
+        good = self._sign_url(method, guid, expires)
+        if expires < time.time() or not hmac.compare_digest(good, request.query.get("X-Amz-Signature", "")):
+            raise web.HTTPForbidden(text="<Error><Code>AccessDenied</Code><Message>Request has expired or signature does not match</Message></Error>")
+        return guid
+
+    @staticmethod
+    def _error_page(status: int, message: str) -> web.Response:
+        # Fence 13 answers errors of these routes with its HTML error page (error_handler.py).
+        body = f"<!doctype html><title>{status} Error</title><h1>{status}</h1><p>{html.escape(message)}</p>"
+        return web.Response(status=status, text=body, content_type="text/html")
+
+    def _may(self, username: str, resources: list[str], service: str, method: str) -> bool:
+        granted = self.users[username].authz
+        for resource in resources:
+            perms = granted.get(resource) or []
+            if not any(p.get("service") in (service, "*") and p.get("method") in (method, "*") for p in perms):
+                return False
+        return True
+
+    async def _indexd_get(self, request: web.Request) -> web.Response:
+        # indexd reads are public: it ignores any Authorization header.
+        record = self.objects.get(request.match_info["guid"])
+        if record is None:
+            return web.json_response({"error": "no record found"}, status=404)
+        return web.json_response({k: v for k, v in record.items() if k != "content"})
+
+    async def _data_download(self, request: web.Request) -> web.Response:
+        guid = request.match_info["guid"]
+        record = self.objects.get(guid)
+        if record is None:
+            return self._error_page(404, f"No indexed document found with id {guid}")
+        username = self._bearer_user(request)
+        if record["authz"] and not self._may(username, record["authz"], "fence", "read-storage"):
+            return self._error_page(403, f"You don't have access permission on this file: {guid}")
+        if record["content"] is None:
+            return self._error_page(404, f"Can't find a location for the data with id {guid}")
+        url = self.presigned_url("GET", guid, record["file_name"])
+        if "redirect" in request.query:
+            raise web.HTTPFound(url)
+        return web.json_response({"url": url})
+
+    async def _data_upload(self, request: web.Request) -> web.Response:
+        username = self._bearer_user(request)
+        try:
+            params = await request.json()
+        except ValueError:
+            params = None
+        if not isinstance(params, dict):
+            return self._error_page(400, "wrong Content-Type; expected application/json")
+        if "file_name" not in params:
+            return self._error_page(400, "missing required argument `file_name`")
+        authz = params.get("authz") or []
+        allowed = self._may(username, authz, "fence", "create") and self._may(username, authz, "fence", "write-storage") if authz else self._may(username, ["/data_file"], "fence", "file_upload")
+        if not allowed:
+            return self._error_page(
+                403,
+                "You do not have access to upload data. You either need general file uploader permissions or create and write-storage permissions on the authz resources you specified (if you specified any).",
+            )
+        guid = params.get("guid") or f"dg.TEST/{uuid.uuid4()}"
+        self.objects[guid] = self._index_record(guid, params["file_name"], authz, None, uploader="" if authz else username)
+        return web.json_response({"guid": guid, "url": self.presigned_url("PUT", guid, params["file_name"])}, status=201)
+
+    async def _data_upload_url(self, request: web.Request) -> web.Response:
+        self._bearer_user(request)
+        guid = request.match_info["guid"]
+        file_name = request.query.get("file_name") or guid.replace("/", "_")
+        return web.json_response({"url": self.presigned_url("PUT", guid, file_name)})
+
+    async def _file_get(self, request: web.Request) -> web.Response:
+        guid = self._check_url(request, "GET")
+        record = self.objects.get(guid)
+        if record is None or record["content"] is None:
+            raise web.HTTPNotFound(text="<Error><Code>NoSuchKey</Code></Error>")
+        return web.Response(body=record["content"], content_type="application/octet-stream")
+
+    async def _file_put(self, request: web.Request) -> web.Response:
+        guid = self._check_url(request, "PUT")
+        content = await request.read()
+        record = self.objects.setdefault(guid, self._index_record(guid, request.query.get("file_name", guid), [], None, uploader=None))
+        # What indexd-listener does after the bucket event: size, hash and location of the upload.
+        record.update(self._index_record(guid, record["file_name"], record["authz"], content, record["uploader"]) | {"did": guid, "baseid": record["baseid"]})
+        return web.Response(status=200)

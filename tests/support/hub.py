@@ -10,12 +10,15 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlparse
 
 import requests
 
 from .fence import FenceStandIn, free_port
+
+if TYPE_CHECKING:
+    from .realfence import RegisteredClient
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,7 +42,7 @@ c.Spawner.http_timeout = 120
 class Hub:
     """A `gen3-workspace up` process, its log, and helpers to log users in and call the REST API."""
 
-    def __init__(self, tmp: Path, fence: FenceStandIn | None = None, extra_args: list[str] | None = None, extra_config: str = ""):
+    def __init__(self, tmp: Path, fence: "FenceStandIn | RegisteredClient | None" = None, extra_args: list[str] | None = None, extra_config: str = ""):
         self.tmp = tmp
         self.fence = fence
         self.port = free_port()
@@ -73,6 +76,8 @@ class Hub:
         cfg.write_text(TEST_CONFIG + textwrap.dedent(self.extra_config))
         env = dict(os.environ, GEN3WS_TEST_ADMIN_TOKEN=self.admin_token, PYTHONUNBUFFERED="1")
         args = self.command(cfg, env)
+        # The log is appended to across restarts: wait for this start's marker, not an old one.
+        seen = self.log().count(self.ready_marker)
         self._log = open(self.log_path, "ab")
         # Own session so a test can signal the whole group like a terminal's Ctrl-C would.
         self.proc = subprocess.Popen(args, cwd=str(REPO), env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -80,7 +85,7 @@ class Hub:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            if self.ready_marker in self.log():
+            if self.log().count(self.ready_marker) > seen:
                 return self
             time.sleep(0.3)
         self.stop()
@@ -132,6 +137,8 @@ class Hub:
         """Full OAuth round trip: hub → Fence authorize → hub callback; returns the last response."""
         assert self.fence is not None
         s = session or requests.Session()
+        # Real Fence's mocked identity provider (and the stand-in) log in whom this cookie names.
+        s.cookies.set("dev_login", username, domain="127.0.0.1", path="/user")
         self.fence.auto_login = username
         try:
             r = s.get(f"{self.url}hub/oauth_login", timeout=60)

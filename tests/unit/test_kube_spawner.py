@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -215,7 +216,10 @@ async def test_minted_key_in_the_secret_works_with_the_real_gen3_sdk_and_stop_re
     await spawner.load_user_options()
     key = await spawner.mint_api_key()
     assert key and fence.active_keys("alice") == [key["key_id"]]
-    assert fence.api_keys[key["key_id"]]["scope"] == ["data", "user"]
+    # As real Fence: the requested scopes plus fence/openid, never `credentials`.
+    assert fence.api_keys[key["key_id"]]["scope"] == ["data", "fence", "openid", "user"]
+    claims = json.loads(base64.urlsafe_b64decode(key["api_key"].split(".")[1] + "=="))
+    assert abs(claims["exp"] - claims["iat"] - spawner.api_key_lifetime) <= 2, "the key is bounded by api_key_lifetime"
     await spawner._write_credentials_secret(key)
     secret = spawner.api.secrets[spawner.credentials_secret_name]
     creds = tmp_path / "credentials.json"
@@ -293,16 +297,60 @@ async def test_named_servers_get_their_own_credentials_secret() -> None:
     assert default.pvc_name == named.pvc_name, "but they share the one drive"
 
 
-async def test_an_expired_session_still_revokes_the_key_with_the_key_itself(fence: FenceStandIn) -> None:
+async def test_an_expired_session_keeps_the_revocation_pending_and_the_key_bounded(fence: FenceStandIn, caplog: pytest.LogCaptureFixture) -> None:
+    # Real Fence refuses to let a key delete itself (tokens made from keys lack `credentials`),
+    # so without the user's login the key stays pending and expires by api_key_lifetime.
+    auth, user = fence_session(fence)
+    spawner = make_spawner(user, authenticator=auth)
+    spawner.api_key_lifetime = 7200
+    key = await spawner.mint_api_key()
+    await spawner._write_credentials_secret(key)
+    user.auth_state = {"access_token": fence.mint_access_token("alice", lifetime=-60), "oauth_user": {"authz": {}}}
+    def exchanges() -> int:
+        return len(fence.calls_to("/user/credentials/cdis/access_token")) + len(fence.calls_to("/user/credentials/api/access_token"))
+
+    before = exchanges()
+    await spawner._cleanup_credentials()
+    assert key["key_id"] in fence.active_keys("alice")
+    assert fence.api_keys[key["key_id"]]["exp"] - time.time() <= 7200
+    assert spawner.get_state()["gen3_pending_revocations"] == [key["key_id"]]
+    assert "expires by itself" in caplog.text and key["api_key"] not in caplog.text
+    assert exchanges() == before, "no attempt to make the key revoke itself"
+    # The user logs in again: the next stop (or start) revokes it.
+    user.auth_state = {"access_token": fence.mint_access_token("alice"), "oauth_user": {"authz": {}}}
+    await spawner.revoke_api_key()
+    assert key["key_id"] not in fence.active_keys("alice")
+    assert "gen3_pending_revocations" not in spawner.get_state()
+
+
+async def test_an_already_revoked_key_counts_as_revoked(fence: FenceStandIn) -> None:
     auth, user = fence_session(fence)
     spawner = make_spawner(user, authenticator=auth)
     key = await spawner.mint_api_key()
-    await spawner._write_credentials_secret(key)
-    # The culler stops the server long after the user's session ended: no usable token left.
-    user.auth_state = {"access_token": fence.mint_access_token("alice", lifetime=-60), "oauth_user": {"authz": {}}}
-    await spawner._cleanup_credentials()
-    assert key["key_id"] not in fence.active_keys("alice")
-    assert spawner.get_state().get("gen3_pending_revocations") is None
+    fence.api_keys[key["key_id"]]["revoked"] = True  # e.g. the user deleted it in the portal
+    await spawner.revoke_api_key()
+    assert "gen3_pending_revocations" not in spawner.get_state()
+
+
+async def test_a_login_without_the_credentials_scope_gets_a_clear_message_before_asking_fence(fence: FenceStandIn, caplog: pytest.LogCaptureFixture) -> None:
+    auth, user = fence_session(fence)
+    user.auth_state = {"access_token": fence.mint_access_token("alice", scopes=["openid", "user", "data"]), "oauth_user": {"authz": {}}}
+    spawner = make_spawner(user, authenticator=auth)
+    before = len(fence.calls_to("/user/credentials/api"))
+    with pytest.raises(web.HTTPError) as e:
+        await spawner.mint_api_key()
+    assert e.value.status_code == 403
+    message = e.value.jupyterhub_message
+    assert "'credentials' scope" in message and "CLIENT_ALLOWED_SCOPES" in message and "--allowed-scopes credentials" in message
+    assert len(fence.calls_to("/user/credentials/api")) == before
+    assert "lacks the 'credentials' scope" in caplog.text
+
+
+async def test_api_key_lifetime_must_leave_room_for_the_sdks_token() -> None:
+    from traitlets import TraitError
+
+    with pytest.raises(TraitError, match="Gen3SpawnerMixin.api_key_lifetime=600"):
+        make_spawner(FakeUser("alice")).api_key_lifetime = 600
 
 
 async def test_a_failed_revocation_is_logged_kept_and_retried_and_never_blocks_the_stop(fence: FenceStandIn, caplog: pytest.LogCaptureFixture) -> None:

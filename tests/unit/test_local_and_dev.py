@@ -40,3 +40,24 @@ def test_logout_goes_through_fence_even_with_a_logout_redirect() -> None:
     assert auth.fence_logout_redirect().endswith("next=https%3A%2F%2Fp.example.org%2F")
     auth = Gen3OAuthenticator(commons_url="https://data.example.org", logout_redirect_url="https://p.example.org/", end_fence_session=False)
     assert auth.fence_logout_redirect() == "https://p.example.org/"
+
+
+def test_hub_asks_fence_for_the_credentials_scope_and_warns_without_it(caplog) -> None:
+    assert "credentials" in Gen3OAuthenticator(commons_url="https://data.example.org").scope
+    assert "lacks 'credentials'" not in caplog.text
+    Gen3OAuthenticator(commons_url="https://data.example.org", scope=["openid", "user", "data"])
+    assert "lacks 'credentials'" in caplog.text and "--allowed-scopes" in caplog.text
+
+
+def test_refresh_margin_fits_the_token_lifetime() -> None:
+    auth = Gen3OAuthenticator(commons_url="https://data.example.org", refresh_margin_seconds=300)
+    assert auth.refresh_margin({"iat": 1000, "exp": 1000 + 1200}) == 300
+    # A commons with 5-minute tokens: a fresh token must not count as expiring already.
+    assert auth.refresh_margin({"iat": 1000, "exp": 1000 + 300}) == 150
+    assert auth.refresh_margin({}) == 300
+
+
+def test_refresh_pre_spawn_stays_off(caplog) -> None:
+    auth = Gen3OAuthenticator(commons_url="https://data.example.org", refresh_pre_spawn=True)
+    assert auth.refresh_pre_spawn is False
+    assert "refresh_pre_spawn is ignored" in caplog.text

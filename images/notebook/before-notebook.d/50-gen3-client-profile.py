@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Start-up hook that writes the workspace's gen3-client profile from the mounted Fence API key, so `gen3-client` works without a manual `configure`.
+"""Start-up hook that gives gen3-client the workspace's profile from the mounted Fence API key, so `gen3-client` works without a manual `configure`.
 
 docker-stacks' start.sh runs every executable in /usr/local/bin/before-notebook.d/ before the
 notebook server starts; this one reads:
@@ -11,15 +11,36 @@ notebook server starts; this one reads:
   the issuer inside the API key is used instead (decoded locally, no network call).
 - ``GEN3_PROFILE`` (optional): the profile name. Default: the commons' host name with dots
   replaced by hyphens, e.g. ``https://data.example.org`` -> ``data-example-org``.
+- ``GEN3_CLIENT_RUNTIME_DIR`` (optional): a folder that dies with the server. Default:
+  ``<temp dir>/gen3-client-<uid>``, which in a container is the container's own /tmp.
 
-and writes that one profile into ``~/.gen3/gen3_client_config.ini`` (directory 0700, file
-0600), leaving every other profile in the file byte for byte as it was. Running it twice
-changes nothing. It never prints the key, not even when the key file is malformed.
+Where the key goes. gen3-client reads exactly one file, ``~/.gen3/gen3_client_config.ini``,
+and the home folder is the user's persistent drive. A profile needs the API key itself, so
+the file with the workspace's profile must not be on the drive, where the key would outlive
+the server (and a failed revocation). The hook therefore writes the file into
+``GEN3_CLIENT_RUNTIME_DIR`` (folder 0700, file 0600) and makes
+``~/.gen3/gen3_client_config.ini`` a symlink to it; ``~/.gen3`` itself stays on the drive
+(gen3-client keeps its logs there, which hold no tokens).
 
-The profile's ``access_token`` is not left empty: the gen3-client releases that read this INI
-file refuse a profile without one ("access_token not found in profile"). A placeholder that
-Fence rejects with 401 makes gen3-client fetch a real access token with the API key on first
-use and save it back; that saved token is kept as long as the key stays the same.
+Other profiles. The user's own profiles persist in ``~/.gen3/my_profiles.ini`` on the drive,
+which the hook only reads: at each start the session's file is that file, byte for byte
+(comments included), plus the workspace's profile (a profile of the same name in it is
+replaced). A regular ``gen3_client_config.ini`` found on the drive (written by an earlier
+image or by ``gen3-client configure`` before the workspace) is moved there: everything but
+the workspace's profile is appended to ``my_profiles.ini``, and the file, with the key it may
+hold, is replaced by the symlink. Running the hook again while the server runs keeps the
+session's file as it is, apart from the workspace's profile.
+
+Once gen3-client rewrites the file. The profile's ``access_token`` starts as a placeholder
+that Fence rejects with 401 (gen3-client refuses an empty one); on that 401 gen3-client
+trades the API key for an access token and saves it by rewriting the *whole* session file
+in its own format (``key = value``, comments dropped, mode kept). That rewrite goes through
+the symlink, so it too stays off the drive, and ``my_profiles.ini`` is never touched by
+gen3-client. The saved token is kept by a later run of the hook as long as the key stays the
+same. Profiles added with ``gen3-client configure`` during a session live in the session's
+file and end with the server: copy them into ``my_profiles.ini`` to keep them.
+
+It never prints the key, not even when the key file is malformed.
 """
 
 from __future__ import annotations
@@ -37,6 +58,7 @@ from urllib.parse import urlsplit
 
 CONFIG_DIR_NAME = ".gen3"
 CONFIG_FILE_NAME = "gen3_client_config.ini"
+OWN_PROFILES_NAME = "my_profiles.ini"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 
@@ -244,13 +266,80 @@ def _write_private(path: Path, content: str) -> None:
         raise
 
 
+def runtime_dir(env: Mapping[str, str]) -> Path:
+    """GEN3_CLIENT_RUNTIME_DIR, else a per-user folder in the temp dir (the container's own /tmp)."""
+    value = env.get("GEN3_CLIENT_RUNTIME_DIR", "").strip()
+    if value:
+        return Path(value)
+    return Path(tempfile.gettempdir()) / f"gen3-client-{os.getuid()}"
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o777 != DIR_MODE:
+        path.chmod(DIR_MODE)  # it holds keys: tighten a folder made by hand
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return ""
+    except UnicodeDecodeError:
+        raise HookError(f"{path} is not UTF-8 text; move it aside and restart the server") from None
+
+
+def _without_section(text: str, name: str) -> str:
+    """`text` minus every section called `name` (the workspace's, with its key)."""
+    return "".join("".join(block) for section, block in _split_blocks(text.splitlines(keepends=True)) if section != name)
+
+
+def _move_drive_file_aside(config_path: Path, own_path: Path, profile_name: str) -> bool:
+    """Append a regular config file's other profiles to my_profiles.ini and delete the file; True if there was one."""
+    if config_path.is_symlink() or not config_path.exists():
+        return False
+    rest = _without_section(_read_text(config_path), profile_name)
+    if rest.strip():
+        own = _read_text(own_path)
+        if own and not own.endswith("\n"):
+            own += "\n"
+        _write_private(own_path, own + ("\n" if own.strip() else "") + rest)
+    config_path.unlink()
+    return True
+
+
+def _link(link: Path, target: Path) -> bool:
+    """Make `link` a symlink to `target`, replacing whatever is there atomically; True if it changed."""
+    if link.is_symlink() and os.readlink(link) == str(target):
+        return False
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+    return True
+
+
+def _drop_dead_link(home: Path) -> None:
+    """Remove a link left by an earlier session whose file died with its server.
+
+    Without it `gen3-client configure` would try to create the file at the dead target; with
+    it gone, it writes a plain file on the drive (the user's own key, their choice), which
+    the next start with a workspace key moves into my_profiles.ini.
+    """
+    link = home / CONFIG_DIR_NAME / CONFIG_FILE_NAME
+    if link.is_symlink() and not link.exists():
+        link.unlink()
+
+
 def configure_profile(env: Mapping[str, str], home: Path) -> Outcome:
-    """Write the workspace's profile into home/.gen3/gen3_client_config.ini as env describes."""
+    """Write the workspace's profile into the session's gen3-client file and link it from home/.gen3."""
     key_path_value = env.get("GEN3_API_KEY", "").strip()
     if not key_path_value:
+        _drop_dead_link(home)
         return Outcome(False, "GEN3_API_KEY is not set; no gen3-client profile written")
     key_path = Path(key_path_value)
     if not key_path.exists():
+        _drop_dead_link(home)
         return Outcome(False, f"GEN3_API_KEY points to {key_path}, which does not exist; no gen3-client profile written")
 
     key_id, api_key = read_credentials(key_path)
@@ -260,33 +349,35 @@ def configure_profile(env: Mapping[str, str], home: Path) -> Outcome:
 
     config_dir = home / CONFIG_DIR_NAME
     config_path = config_dir / CONFIG_FILE_NAME
+    own_path = config_dir / OWN_PROFILES_NAME
+    session_dir = runtime_dir(env)
+    session_path = session_dir / CONFIG_FILE_NAME
+    if session_dir.resolve() == config_dir.resolve() or home.resolve() in session_dir.resolve().parents:
+        raise HookError(f"GEN3_CLIENT_RUNTIME_DIR {session_dir} is inside the home folder (the persistent drive); the key must not go there")
     try:
-        config_dir.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        if config_dir.stat().st_mode & 0o777 != DIR_MODE:
-            config_dir.chmod(DIR_MODE)  # the directory holds keys: tighten one made by hand
-        try:
-            existing = config_path.read_bytes().decode("utf-8")
-        except FileNotFoundError:
-            existing = ""
-        except UnicodeDecodeError:
-            raise HookError(f"{config_path} is not UTF-8 text; move it aside and restart the server") from None
-
+        _private_dir(config_dir)
+        _private_dir(session_dir)
+        moved = _move_drive_file_aside(config_path, own_path, profile.name)
+        # The session's file, once it exists, is the base: it holds what gen3-client saved
+        # and what the user configured since the server started.
+        existing = _read_text(session_path) if session_path.exists() and not moved else _read_text(own_path)
         content = render_config(existing, profile)
-        changed = content != existing
+        changed = moved or not session_path.exists() or content != _read_text(session_path)
         if changed:
-            _write_private(config_path, content)
-        elif config_path.stat().st_mode & 0o777 != FILE_MODE:
-            config_path.chmod(FILE_MODE)
+            _write_private(session_path, content)
+        elif session_path.stat().st_mode & 0o777 != FILE_MODE:
+            session_path.chmod(FILE_MODE)
             changed = True
+        changed = _link(config_path, session_path) or changed
     except OSError as err:
-        raise HookError(f"cannot write {config_path}: {err.strerror or type(err).__name__}") from None
+        raise HookError(f"cannot write the gen3-client profile: {err.strerror or type(err).__name__}") from None
 
     verb = "written" if changed else "already up to date"
     return Outcome(
         changed,
-        f"gen3-client profile {profile.name!r} for {endpoint} {verb} in {config_path} "
+        f"gen3-client profile {profile.name!r} for {endpoint} {verb} in {session_path}, linked from {config_path} "
         f"(use: gen3-client <command> --profile={profile.name})",
-        config_path,
+        session_path,
     )
 
 

@@ -1,0 +1,1 @@
+"""Contract tests: the same Fence cases against real Fence and the stand-in."""
