@@ -14,6 +14,7 @@ from tornado import web
 from tornado.httpclient import HTTPClientError
 from traitlets import Bool, Dict, Integer, Unicode, default, validate
 
+from gen3workspace.hub.pages import leave_frame
 from gen3workspace.spawner.flavors import has_permission
 
 
@@ -41,7 +42,8 @@ class Gen3LogoutHandler(OAuthLogoutHandler):
     async def render_logout_page(self) -> None:
         target = self.authenticator.fence_logout_redirect()
         if target:
-            self.redirect(target)
+            if not leave_frame(self, target):
+                self.redirect(target)
             return
         await super().render_logout_page()
 

@@ -218,7 +218,7 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
     auth.commons_url = commons_url
     if _get(cfg, "commons.name"):
         auth.commons_name = _get(cfg, "commons.name")
-    configure_pages(c, str(_get(cfg, "commons.name") or ""))
+    configure_pages(c, str(_get(cfg, "commons.name") or ""), logo_url=str(_get(cfg, "commons.logoUrl") or ""), portal_url=commons_url + "/")
     auth.client_id = _get(cfg, "auth.clientId", "")
     client_secret = environ.get(ENV_CLIENT_SECRET, "")
     if client_secret:

@@ -105,6 +105,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         dev_groups=dev_groups,
         proxy_command=proxy,
         launcher_prefix=args.launcher_prefix,
+        commons_logo=args.commons_logo,
         debug=args.debug,
     )
     settings_path = data / "settings.json"
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--base-url", default="/", help="URL prefix, e.g. /lw-workspace/ behind the data portal")
     up.add_argument("--commons-url", help="Gen3 commons URL for Fence login, e.g. https://data.example.org")
     up.add_argument("--commons-name", default="", help="name of the commons on the login page")
+    up.add_argument("--commons-logo", default="", help="URL of the commons' logo, shown on every hub page")
     up.add_argument("--client-id", help="Fence OAuth client id (secret from GEN3_CLIENT_SECRET)")
     up.add_argument("--flavors", help="flavor catalogue YAML (default: the example catalogue)")
     up.add_argument("--launcher-prefix", default="/lw-workspace/", help="where the data portal's launcher API is served (the portal's WORKSPACE_URL; default /lw-workspace/)")

@@ -39,6 +39,7 @@ class LocalSettings:
     dev_groups: dict[str, list[str]] = field(default_factory=dict)
     proxy_command: str = ""
     launcher_prefix: str = "/lw-workspace/"
+    commons_logo: str = ""
     debug: bool = False
 
     @property
@@ -133,4 +134,4 @@ def configure(c: Any, settings: LocalSettings) -> None:
         template_vars.update(gen3_dev_login=True, gen3_dev_banner=BANNER)
         if settings.portal_url:
             c.DevAuthenticator.logout_redirect_url = settings.portal_url
-    configure_pages(c, settings.commons_name, **template_vars)
+    configure_pages(c, settings.commons_name, logo_url=settings.commons_logo, portal_url=settings.portal_url, **template_vars)

@@ -265,6 +265,7 @@ VALUES = Group(
                     "Required. Public URL of the commons, e.g. https://data.mycommons.org (Fence lives at <url>/user). Users' servers get it as GEN3_ENDPOINT.",
                 ),
                 "name": Leaf(STRING, "", "Name of the commons on the login button ('Sign in with <name>'). Empty: the hub's default."),
+                "logoUrl": Leaf(STRING, "", "URL of the commons' logo, shown with its name at the top of every hub page (instead of JupyterHub's). Empty: the name only."),
             },
         ),
         "auth": Group(

@@ -74,7 +74,18 @@ def test_portal_workspace_page_launches_shows_and_terminates_jupyterlab(browser:
         assert idle and idle["idleTimeLimit"] == 3600 * 1000 and idle["lastActivityTime"] > 0
         assert idle["remaining"] > 50 * 60 * 1000 and not idle["banner"] and not idle["popup"]
         assert fence.active_keys("pat")
+        # JupyterLab starts without asking about "Jupyter news".
+        page.wait_for_timeout(3000)
+        expect(frame.get_by_text(re.compile("Jupyter news"))).to_have_count(0)
         page.screenshot(path=screenshot_path("portal-workspace"))
+        # The hub's home page: the commons' brand, not JupyterHub's, and the running flavor.
+        home = context.new_page()
+        home.goto(f"{rev.url}{BASE}hub/home")
+        expect(home.locator("#gen3-brand")).to_contain_text("Test Data Commons")
+        expect(home.locator("#jupyterhub-logo")).to_have_count(0)
+        expect(home.locator("#gen3-running-flavor")).to_contain_text("Python — small")
+        home.screenshot(path=screenshot_path("hub-home"))
+        home.close()
 
         page.evaluate("terminateWorkspace()")
         state = wait_portal(page, "Not Found", timeout=120)
@@ -115,5 +126,37 @@ fetch("{rev.url}{BASE}launch?id=python-small", {{method: "POST", credentials: "i
         assert hub.user_model("pat")["servers"] == {}
         posts = [r for r in rev.requests[before:] if r[0] == "POST" and r[1].endswith("/launch")]
         assert posts and all(code in (401, 403) for _, _, code in posts), posts
+    finally:
+        context.close()
+
+
+def test_logout_inside_the_portal_frame_leaves_the_frame(browser: Browser, hub: Hub, fence: FenceStandIn, rev: RevProxy) -> None:
+    context = portal_context(browser, fence, rev, "pat")
+    page = context.new_page()
+    try:
+        page.goto(f"{rev.url}{BASE}status")
+        rev.pages["/portal/frame"] = f'<!doctype html><title>portal</title><iframe class="workspace" src="{BASE}hub/logout"></iframe>'
+        page.goto(f"{rev.url}/portal/frame")
+        # The whole window went through Fence's logout, to an address Fence allows: the commons.
+        page.wait_for_url(f"{fence.url}/", timeout=30_000)
+        logouts = fence.calls_to("/user/logout")
+        assert logouts and logouts[-1].status == 302
+    finally:
+        context.close()
+
+
+def test_forbidden_page_is_a_readable_paragraph(browser: Browser, hub: Hub) -> None:
+    from tests.support.browser import log_in
+
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    try:
+        log_in(page, hub, "nobody-ned")
+        title = page.locator("#gen3-error-title")
+        expect(title).to_contain_text("403")
+        assert len(title.inner_text()) < 60
+        expect(page.locator("#gen3-error-message")).to_contain_text("method 'access' for service 'jupyterhub' on resource '/workspace'")
+        expect(page.locator("#gen3-brand")).to_contain_text("Test Data Commons")
+        page.screenshot(path=screenshot_path("forbidden"), full_page=True)
     finally:
         context.close()
