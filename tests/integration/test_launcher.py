@@ -338,3 +338,30 @@ def test_a_bearer_that_is_the_browsers_cookie_needs_the_csrf_header(hub: Hub, fe
     r = no_redirect(s.post(hub.url + "launch?id=python-small", timeout=30))
     assert r.status_code == 403 and "x-csrf-token" in r.json()["error"]
     assert status(hub, s)["status"] == "Not Found"
+
+
+def test_hub_login_alone_is_a_session_for_the_api_and_the_frame(hub: Hub, fence: FenceStandIn) -> None:
+    # No bearer token at all (no revproxy): the hub's own login, handed to the launcher.
+    s, r = hub.login("carol")
+    assert r.status_code == 200
+    r = s.get(hub.url + "options", timeout=30)
+    assert r.status_code == 401
+    # The frame's way in: proxy/ without identity -> hub session hand-over -> back.
+    r = s.get(hub.url + "proxy/", allow_redirects=False, timeout=30)
+    assert r.status_code == 302 and "/lw-workspace/hub/gen3-session?next=" in r.headers["Location"]
+    r = s.get(hub.url + "proxy/", timeout=30)
+    assert r.status_code == 404 and "no running workspace" in r.text
+    assert "gen3ws-session" in s.cookies
+    assert [o["id"] for o in s.get(hub.url + "options", timeout=30).json()] == ["python-small", "r-large"]
+    csrf = {"x-csrf-token": "t"}
+    try:
+        assert no_redirect(s.post(hub.url + "launch?id=python-small", headers=csrf, timeout=60)).status_code == 200
+        wait_status(hub, s, "Running")
+        r = s.get(hub.url + "proxy/", timeout=60)
+        assert r.status_code == 200 and r.url.endswith("/lw-workspace/user/carol/lab")
+        # An open redirect through the hand-over is refused: back to proxy/ instead.
+        r = s.get(hub.url + "hub/gen3-session?next=//evil.example.org/x", allow_redirects=False, timeout=30)
+        assert r.headers["Location"] == "/lw-workspace/proxy/"
+    finally:
+        s.post(hub.url + "terminate", headers=csrf, timeout=60)
+        wait_status(hub, s, "Not Found")
