@@ -11,11 +11,35 @@ from urllib.parse import urlencode
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLogoutHandler
 from tornado import web
-from tornado.httpclient import HTTPClientError
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Bool, Dict, Integer, Unicode, default, validate
 
 from gen3workspace.hub.pages import leave_frame
+from gen3workspace.spawner.common import FENCE_MAX_CLIENTS
 from gen3workspace.spawner.flavors import has_permission
+
+# What a Fence admin may do in the hub (admin_from_fence): the admin page, who is using the
+# workspace, and starting and stopping servers. Not JupyterHub's "admin" role, which also opens
+# every user's server (access:servers, shares), mints tokens as them (tokens) and reads their
+# auth_state (admin:users), each of which hands over the user's Fence API key or tokens.
+FENCE_ADMIN_ROLE = "gen3-fence-admin"
+# Membership comes only from Fence's is_admin (get_user_groups), never from a Fence group.
+FENCE_ADMIN_GROUP = "gen3-fence-admins"
+FENCE_ADMIN_SCOPES = ("admin-ui", "list:users", "read:users", "servers", "list:groups", "read:groups", "read:hub")
+
+
+def add_fence_admin_role(c: Any) -> None:
+    """Define the Fence admins' role in JupyterHub config `c` (`load_roles`), replacing an older copy."""
+    roles = [r for r in (c.JupyterHub.load_roles if "load_roles" in c.JupyterHub else []) if r.get("name") != FENCE_ADMIN_ROLE]
+    c.JupyterHub.load_roles = [
+        *roles,
+        {
+            "name": FENCE_ADMIN_ROLE,
+            "description": "Fence admins: the admin page, users' server status, start and stop servers; not users' servers",
+            "scopes": list(FENCE_ADMIN_SCOPES),
+            "groups": [FENCE_ADMIN_GROUP],
+        },
+    ]
 
 
 def jwt_claims(token: str | None) -> dict[str, Any]:
@@ -110,7 +134,19 @@ class Gen3OAuthenticator(GenericOAuthenticator):
     admin_from_fence = Bool(
         True,
         config=True,
-        help="Make users whose Fence userinfo says `is_admin: true` hub admins (in addition to `admin_users` and `admin_groups`).",
+        help="""Give users whose Fence userinfo says `is_admin: true` the hub role `gen3-fence-admin`
+        (group `gen3-fence-admins`): the admin page, users' server status, starting and stopping
+        servers, but not opening users' servers, tokens or auth_state. The role itself is defined
+        by `add_fence_admin_role(c)`, which the chart and `gen3-workspace up` call.
+        """,
+    )
+    fence_admin_server_access = Bool(
+        False,
+        config=True,
+        help="""Make Fence admins full JupyterHub admins instead (with `admin_from_fence`), who can
+        open every user's server and so use that user's Fence API key. `admin_users` and
+        `admin_groups` always make full admins.
+        """,
     )
     authz_groups = Dict(
         key_trait=Unicode(),
@@ -198,6 +234,12 @@ class Gen3OAuthenticator(GenericOAuthenticator):
     def _login_service_default(self) -> str:
         return self.commons_name
 
+    @default("http_client")
+    def _http_client_default(self) -> AsyncHTTPClient:
+        # OAuthenticator's client runs 10 requests at a time: in a storm of logins and token
+        # refreshes the rest queue and time out ("Timeout in request queue").
+        return AsyncHTTPClient(force_instance=True, max_clients=FENCE_MAX_CLIENTS, defaults=dict(validate_cert=self.validate_server_cert))
+
     @default("refresh_pre_spawn")
     def _refresh_pre_spawn_default(self) -> bool:
         return False
@@ -250,9 +292,19 @@ class Gen3OAuthenticator(GenericOAuthenticator):
     async def update_auth_model(self, auth_model: dict[str, Any]) -> dict[str, Any]:
         if self.admin_from_fence:
             # Explicit False, not None: None would leave a revoked Fence admin a hub admin.
-            is_admin = self.userinfo(auth_model.get("auth_state")).get("is_admin") is True
-            auth_model["admin"] = bool(auth_model.get("admin") or is_admin)
+            full = self.fence_admin_server_access and self.is_fence_admin(auth_model.get("auth_state"))
+            auth_model["admin"] = bool(auth_model.get("admin") or full)
         return auth_model
+
+    def is_fence_admin(self, auth_state: dict[str, Any] | None) -> bool:
+        return self.userinfo(auth_state).get("is_admin") is True
+
+    async def get_user_groups(self, auth_state: dict[str, Any]) -> set[str]:
+        groups = set(await super().get_user_groups(auth_state))
+        groups.discard(FENCE_ADMIN_GROUP)
+        if self.admin_from_fence and self.is_fence_admin(auth_state):
+            groups.add(FENCE_ADMIN_GROUP)
+        return groups
 
     async def check_allowed(self, username: str, auth_model: dict[str, Any] | None) -> bool:
         if auth_model is None:

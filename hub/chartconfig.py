@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from gen3workspace.hub.auth import add_fence_admin_role
 from gen3workspace.hub.launcher import configure_portal
 from gen3workspace.hub.pages import configure_pages
 
@@ -229,6 +230,9 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
     auth.workspace_method = _get(cfg, "auth.workspace.method", "access")
     auth.require_workspace_permission = bool(_get(cfg, "auth.workspace.required", True))
     auth.admin_groups = set(_get(cfg, "auth.adminGroups", []))
+    auth.admin_from_fence = bool(_get(cfg, "auth.fenceAdmins.enabled", True))
+    auth.fence_admin_server_access = bool(_get(cfg, "auth.fenceAdmins.serverAccess", False))
+    add_fence_admin_role(c)
     auth.authz_groups = dict(_get(cfg, "auth.authzGroups", {}))
     logout = _get(cfg, "auth.logoutRedirectUrl", "")
     if logout:

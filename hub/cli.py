@@ -15,8 +15,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from gen3workspace.spawner.flavors import CatalogueError, load_catalogue, schema_json
-
 from .local import LocalSettings, find_proxy_command, persistent_secret
 
 HUB_CONFIG = """\
@@ -72,6 +70,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
         print(f"error: port {args.port} on {args.ip} is in use; pick another with --port.", file=sys.stderr)
         return 2
     if args.flavors:
+        # The catalogue's schema validator takes a while to import; only a given file needs it.
+        from gen3workspace.spawner.flavors import CatalogueError, load_catalogue
+
         try:
             load_catalogue(args.flavors)
         except CatalogueError as e:
@@ -150,6 +151,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_flavors(args: argparse.Namespace) -> int:
+    from gen3workspace.spawner.flavors import CatalogueError, load_catalogue, schema_json
+
     if args.action == "schema":
         sys.stdout.write(schema_json())
         return 0

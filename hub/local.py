@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gen3workspace.hub.devauth import BANNER
 from gen3workspace.hub.launcher import configure_portal
 from gen3workspace.hub.pages import configure_pages
 
@@ -117,7 +116,10 @@ def configure(c: Any, settings: LocalSettings) -> None:
 
     template_vars: dict[str, Any] = {}
     if settings.fence_login:
+        from gen3workspace.hub.auth import add_fence_admin_role
+
         c.JupyterHub.authenticator_class = "gen3"
+        add_fence_admin_role(c)
         c.Gen3OAuthenticator.commons_url = settings.commons_url
         c.Gen3OAuthenticator.client_id = settings.client_id
         # The secret comes from the environment only, never from a file on disk or argv.
@@ -129,6 +131,9 @@ def configure(c: Any, settings: LocalSettings) -> None:
         if settings.portal_url:
             c.Gen3OAuthenticator.post_logout_url = settings.portal_url
     else:
+        # Imported here: it pulls in JupyterHub, which `gen3-workspace up` itself never needs.
+        from gen3workspace.hub.devauth import BANNER
+
         c.JupyterHub.authenticator_class = "gen3-dev"
         c.DevAuthenticator.dev_groups = settings.dev_groups
         template_vars.update(gen3_dev_login=True, gen3_dev_banner=BANNER)

@@ -82,6 +82,12 @@ DNS_NAME = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
 IPV4_CIDR = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3[0-2])$"
 ANY_CIDR = r"^(([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3[0-2])|[0-9a-fA-F:]+/[0-9]{1,3})$"
 PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+# An OCI content digest as container runtimes accept it after '@'.
+DIGEST = r"^sha256:[a-f0-9]{64}$"
+# The squid image's digest, for egressProxy.image.tag. NOT checked against the registry (the
+# machines this chart is built on cannot reach one): the release process replaces it with the
+# digest the registry reports for the tag (docs/operator-guide.md, "Releasing the chart").
+SQUID_DIGEST = "sha256:6a097f68bae708cedbabd6188d68c7e2e7a38cedd05a176e1cc0ba29e3bbe029"
 # Squid port ACL entries: a port or an inclusive range "1025-65535".
 PORT_OR_RANGE = {"oneOf": [PORT, {"type": "string", "pattern": r"^[0-9]{1,5}-[0-9]{1,5}$"}]}
 
@@ -170,6 +176,16 @@ NETPOL_PORTS = {
     },
 }
 
+# What the hub reaches by address: the Kubernetes API server (443 through the Service, 6443 on
+# the endpoints, which is what most CNIs match after translation) and Fence at commons.url.
+DEFAULT_HUB_EGRESS = [
+    {
+        "name": "the Kubernetes API server and Fence (commons.url)",
+        "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["127.0.0.0/8", "169.254.0.0/16"]}}],
+        "ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}],
+    }
+]
+
 ALLOWED_INTERNAL = {
     "type": "array",
     "items": {
@@ -185,15 +201,19 @@ ALLOWED_INTERNAL = {
 }
 
 
-def image(repository: str, tag: str, what: str, repository_help: str, tag_help: str) -> Group:
-    return Group(
-        f"Container image of the {what}.",
-        {
-            "repository": Leaf(STRING, repository, repository_help),
-            "tag": Leaf(STRING, tag, tag_help),
-            "pullPolicy": Leaf(PULL_POLICY, "IfNotPresent", "When the kubelet pulls the image."),
-        },
-    )
+def image(repository: str, tag: str, what: str, repository_help: str, tag_help: str, digest: str | None = None) -> Group:
+    children: dict[str, Node] = {
+        "repository": Leaf(STRING, repository, repository_help),
+        "tag": Leaf(STRING, tag, tag_help),
+    }
+    if digest is not None:
+        children["digest"] = Leaf(
+            {"type": "string", "pattern": DIGEST},
+            digest,
+            f"Required. Content digest of the {what} image (sha256:<64 hex digits>); the image is pulled as <repository>:<tag>@<digest>, so a moved tag cannot change what runs. The release process fills it from the tag (docs/operator-guide.md).",
+        )
+    children["pullPolicy"] = Leaf(PULL_POLICY, "IfNotPresent", "When the kubelet pulls the image.")
+    return Group(f"Container image of the {what}.", children)
 
 
 def security(uid: int, what: str, gid: int | None = None, fs_group: bool = False, note: str = "") -> Group:
@@ -289,7 +309,26 @@ VALUES = Group(
                         "method": Leaf({"type": "string", "minLength": 1}, "access", "Authz method."),
                     },
                 ),
-                "adminGroups": Leaf(STRING_LIST, [], "Fence groups whose members are JupyterHub admins."),
+                "adminGroups": Leaf(
+                    STRING_LIST,
+                    [],
+                    "Fence groups whose members are full JupyterHub admins, who can open every user's server (and so use that user's Fence API key).",
+                ),
+                "fenceAdmins": Group(
+                    "Users Fence calls is_admin.",
+                    {
+                        "enabled": Leaf(
+                            BOOL,
+                            True,
+                            "Give them the hub role gen3-fence-admin: the admin page, the users and their servers' status, start and stop servers; not users' servers, tokens or login state (docs/security.md).",
+                        ),
+                        "serverAccess": Leaf(
+                            BOOL,
+                            False,
+                            "Make them full JupyterHub admins instead, who can open every user's server and so use that user's Fence API key. Off unless your commons really wants that.",
+                        ),
+                    },
+                ),
                 "authzGroups": Leaf(
                     STRING_MAP,
                     {},
@@ -341,7 +380,14 @@ VALUES = Group(
                             "",
                             "SQLAlchemy URL of the external database without the password, e.g. postgresql+psycopg://jupyterhub@db.example.org:5432/jupyterhub.",
                         ),
-                        "password": Leaf(STRING, "", "Password of the external database; stored in the hub Secret and added to db.url by the hub."),
+                        "password": Leaf(STRING, "", "Password of the external database; stored in the hub Secret and added to db.url by the hub. Leave empty and set existingSecret to keep it out of values files."),
+                        "existingSecret": Group(
+                            "A Secret you manage that holds the external database's password; used instead of password.",
+                            {
+                                "name": Leaf(STRING, "", "Name of the Secret, in the release namespace. Empty: use password."),
+                                "key": Leaf({"type": "string", "minLength": 1}, "password", "Key in that Secret holding the password."),
+                            },
+                        ),
                     },
                     extra={
                         "if": {"properties": {"type": {"const": "external"}}, "required": ["type"]},
@@ -401,9 +447,14 @@ VALUES = Group(
             "Users' servers (Gen3KubeSpawner).",
             {
                 "namespace": Leaf(
-                    {"type": "string", "pattern": r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$"},
+                    {"type": "string", "pattern": r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", "maxLength": 63},
                     "",
-                    "Namespace of users' servers, drives and credential Secrets. Empty: the release namespace. The hub's Role and the notebooks' NetworkPolicy are created there.",
+                    "Namespace of users' servers, drives and credential Secrets; never the release namespace. Empty: <release namespace>-workspace-users. The hub's Role and the notebooks' NetworkPolicy are created there.",
+                ),
+                "createNamespace": Leaf(
+                    BOOL,
+                    True,
+                    "Create spawner.namespace, labelled pod-security.kubernetes.io/enforce=restricted and kept by helm uninstall (the users' drives live in it). false: use a namespace you created and labelled yourself (docs/operator-guide.md).",
                 ),
                 "issueApiKey": Leaf(BOOL, True, "Mint a Fence API key per server start so the Gen3 SDK and gen3-client work with no upload; revoked when the server stops."),
                 "egressProxyUrl": Leaf(
@@ -433,7 +484,7 @@ VALUES = Group(
             {
                 "enabled": Leaf(BOOL, True, "Deploy the egress proxy and point users' servers at it."),
                 "replicas": Leaf({"type": "integer", "minimum": 1}, 1, "Number of squid pods."),
-                "image": image("ubuntu/squid", "6.6-24.04_edge", "egress proxy", "Image repository of squid.", "Image tag of squid (pinned)."),
+                "image": image("ubuntu/squid", "6.6-24.04_edge", "egress proxy", "Image repository of squid.", "Image tag of squid (informational: the digest decides what runs).", digest=SQUID_DIGEST),
                 "port": Leaf(PORT, 3128, "Port squid listens on."),
                 "whitelist": Group(
                     "Domains users' servers may reach. Everything else is refused.",
@@ -460,8 +511,13 @@ VALUES = Group(
                 ),
                 "deniedDestinations": Leaf(
                     {"type": "array", "items": {"type": "string", "pattern": ANY_CIDR}},
-                    ["127.0.0.0/8", "::1/128"],
-                    "Addresses squid never connects to, even for a whitelisted name. The cloud metadata addresses are always refused in addition.",
+                    [],
+                    "Further addresses squid never connects to, even for a whitelisted name (squid and its NetworkPolicy). Every private, shared, loopback and link-local range (IPv4 and IPv6) and the cloud metadata addresses are always refused.",
+                ),
+                "internalDestinations": Leaf(
+                    {"type": "array", "items": {"type": "string", "pattern": IPV4_CIDR}},
+                    [],
+                    "Internal IPv4 ranges a whitelisted name may resolve to and still be reached, e.g. a commons service on 10.20.0.0/16 (squid and its NetworkPolicy). The cloud metadata address is refused even inside them.",
                 ),
                 "resources": resources({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}, "egress proxy"),
                 **placement("egress proxy"),
@@ -489,13 +545,13 @@ VALUES = Group(
                         ),
                     },
                 ),
-                "egressProxy": Group(
-                    "What the egress proxy itself may reach: the internet, except the cloud metadata address.",
+                "hub": Group(
+                    "The hub may reach the proxy's API, users' servers, DNS and what is listed here.",
                     {
-                        "exceptCidrs": Leaf(
-                            {"type": "array", "items": {"type": "string", "pattern": IPV4_CIDR}},
-                            [],
-                            "Further IPv4 ranges the egress proxy may not reach (e.g. your private networks).",
+                        "allowedEgress": Leaf(
+                            ALLOWED_INTERNAL,
+                            DEFAULT_HUB_EGRESS,
+                            "What the hub reaches by address, as {name, to: [NetworkPolicy peers], ports}: by default the Kubernetes API server and Fence on ports 443 and 6443 anywhere but loopback and link-local. Narrow it to your API server's and Fence's addresses (docs/operator-guide.md). The cloud metadata address is always cut out.",
                         ),
                     },
                 ),

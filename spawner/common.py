@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import inspect
 import json
 from pathlib import Path
@@ -23,6 +25,22 @@ _templates = Environment(
 )
 
 ALWAYS_NO_PROXY = ["localhost", "127.0.0.1", "::1", ".svc", ".cluster.local"]
+
+# Tornado's shared client runs 10 requests at a time and queues the rest, so a storm of spawns
+# would wait on each other's Fence calls; Fence gets its own client per event loop instead.
+FENCE_MAX_CLIENTS = 200
+_fence_clients: dict[asyncio.AbstractEventLoop, AsyncHTTPClient] = {}
+
+
+def fence_http_client() -> AsyncHTTPClient:
+    """The event loop's HTTP client for Fence calls, with room for a storm of concurrent spawns."""
+    loop = asyncio.get_running_loop()
+    client = _fence_clients.get(loop)
+    if client is None:
+        for closed in [old for old in _fence_clients if old.is_closed()]:
+            del _fence_clients[closed]
+        client = _fence_clients[loop] = AsyncHTTPClient(force_instance=True, max_clients=FENCE_MAX_CLIENTS)
+    return client
 
 
 def jwt_scope(token: str) -> list[str] | None:
@@ -141,6 +159,9 @@ class Gen3SpawnerMixin(LoggingConfigurable):
 
     flavor: Flavor | None = None
     _api_key_id: str | None = None
+    # The user's auth state for the spawn in progress: JupyterHub decrypts it on every read, and
+    # a spawn needs it for the flavor checks and the key. Set by the first read, dropped at the end.
+    _spawn_auth_state: dict[str, Any] | None = None
     # Ids of keys whose revocation failed; the keys themselves are never kept.
     _pending_revocations: tuple[str, ...] = ()
 
@@ -153,12 +174,39 @@ class Gen3SpawnerMixin(LoggingConfigurable):
             self.log.error("%s", e)
             raise web.HTTPError(503, "The flavor catalogue could not be loaded; the workspace administrators have been told in the hub log.") from None
 
+    _in_start = False
+
+    def _spawning(self) -> bool:
+        # JupyterHub marks the whole spawn (options hook, pre-spawn hook, start) pending and
+        # clears the mark when it ends, also when it fails before start() runs.
+        return bool(getattr(self, "_start_pending", False) or self._in_start)
+
+    async def auth_state(self) -> dict[str, Any] | None:
+        """The user's auth state, read once per spawn (outside a spawn: every time)."""
+        if self._spawn_auth_state is not None and self._spawning():
+            return self._spawn_auth_state
+        state = await self.user.get_auth_state()
+        self._spawn_auth_state = state if self._spawning() else None
+        return state
+
+    @contextlib.asynccontextmanager
+    async def spawn_scope(self) -> AsyncIterator[None]:
+        """Around start(): reuse the auth state the options hook read, forget it at the end."""
+        if not getattr(self, "_start_pending", False):
+            self._spawn_auth_state = None  # start() called directly: nothing read yet is ours
+        self._in_start = True
+        try:
+            yield
+        finally:
+            self._in_start = False
+            self._spawn_auth_state = None
+
     async def user_context(self) -> tuple[list[str], dict[str, Any]]:
         """The user's JupyterHub groups (synced from Fence) and Fence authz."""
         groups = [g.name for g in getattr(self.user, "groups", []) or []]
         authz: dict[str, Any] = {}
         try:
-            state = await self.user.get_auth_state()
+            state = await self.auth_state()
         except Exception:  # no auth_state (dev login, or encryption unavailable)
             state = None
         if state:
@@ -227,6 +275,7 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         # JupyterHub's earliest per-spawn hook: a forged flavor is refused before the
         # pre-spawn hook, key minting or any Kubernetes call; start() checks again.
         async def apply(spawner: "Gen3SpawnerMixin", user_options: dict[str, Any]) -> None:
+            spawner._spawn_auth_state = None  # a new spawn reads the auth state afresh
             spawner.flavor = await spawner.choose_flavor(user_options)
 
         return apply
@@ -281,7 +330,7 @@ class Gen3SpawnerMixin(LoggingConfigurable):
 
     async def _access_token(self) -> str | None:
         """The user's current Fence access token, refreshed first if it is about to expire."""
-        state = await self.user.get_auth_state()
+        state = await self.auth_state()
         if not state:
             return None
         authenticator = self.authenticator
@@ -291,6 +340,8 @@ class Gen3SpawnerMixin(LoggingConfigurable):
             if isinstance(refreshed, dict) and refreshed.get("auth_state"):
                 state = refreshed["auth_state"]
                 await self.user.save_auth_state(state)
+                if self._spawn_auth_state is not None:
+                    self._spawn_auth_state = state
         return state.get("access_token")
 
     async def _fence(self, method: str, path: str, token: str | None, body: Any = None) -> Any:
@@ -306,7 +357,7 @@ class Gen3SpawnerMixin(LoggingConfigurable):
             request_timeout=20,
             allow_nonstandard_methods=True,
         )
-        resp = await AsyncHTTPClient().fetch(req)
+        resp = await fence_http_client().fetch(req)
         try:
             return json.loads(resp.body) if resp.body else None
         except ValueError:

@@ -51,6 +51,13 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
         config=True,
         help="How often a starting pod is checked for errors it cannot recover from (image pull errors, crash loops).",
     )
+    ready_poll_seconds = Float(
+        0.1,
+        config=True,
+        help="""How often a starting pod is looked up in the pod reflector (no API call) to see whether it
+        is ready, so the spawn ends as soon as it is, not at KubeSpawner's next back-off check
+        (0.2 s doubling up to 5 s, which can add seconds to every spawn).""",
+    )
     crash_restarts_before_failing = Integer(
         2,
         config=True,
@@ -150,9 +157,17 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
         self.node_selector = dict(flavor.node_selector)
         self.tolerations = [dict(t) for t in flavor.tolerations]
 
+    # The flavor _start() checked; KubeSpawner's own load_user_options() call then reuses it.
+    _started_flavor: Any = None
+    # The Fence key being minted and stored for the spawn in progress; the pod waits for it.
+    _key_task: "asyncio.Future[None] | None" = None
+    # Whether this start's create request made the pod: only then is a pod in the reflector ours.
+    _pod_created = False
+
     async def load_user_options(self) -> None:
         # Checked here, before KubeSpawner creates anything, so a forged request creates no object.
-        self.apply_flavor(await self.choose_flavor(self.user_options))
+        flavor = self._started_flavor or await self.choose_flavor(self.user_options)
+        self.apply_flavor(flavor)
 
     # --- env, pod, secret ----------------------------------------------------------------
 
@@ -174,6 +189,10 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
         )
 
     async def get_pod_manifest(self) -> Any:
+        if self._key_task is not None:
+            # No pod without its key: a user Fence refuses gets a clear error and no pod, and
+            # the kubelet never meets a missing Secret (it would retry the mount after 0.5 s+).
+            await self._key_task
         pod = await super().get_pod_manifest()
         pod.metadata.annotations = {**(pod.metadata.annotations or {}), "gen3username": self.user.name}
         pod.metadata.annotations.setdefault("hub.jupyter.org/username", self.user.name)
@@ -222,22 +241,58 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    async def _start(self) -> Any:
-        await self.load_user_options()
+    async def _make_create_pod_request(self, pod: Any, request_timeout: float) -> bool:
+        created = bool(await super()._make_create_pod_request(pod, request_timeout))
+        self._pod_created = self._pod_created or created
+        return created
+
+    async def _ready_pod_url(self) -> str:
+        """The URL of this start's pod once the reflector shows it running and ready."""
+        key = f"{self.namespace}/{self.pod_name}"
+        while True:
+            await asyncio.sleep(self.ready_poll_seconds)
+            reflector = self.pod_reflector
+            pod = reflector.pods.get(key) if reflector and self._pod_created else None
+            if pod and self.is_pod_running(pod):
+                # What KubeSpawner's start does once it sees the pod running.
+                self.pod_id = pod["metadata"]["uid"]
+                return str(self._get_pod_url(pod))
+
+    async def _store_key(self) -> None:
         key = await self.mint_api_key()
         if key:
+            await self._write_credentials_secret(key)
+
+    async def _start(self) -> Any:
+        async with self.spawn_scope():
             try:
-                await self._write_credentials_secret(key)
-            except Exception:
-                await self.revoke_api_key()
-                raise
-        # KubeSpawner loads user options again; applying the same flavor twice is harmless.
+                await self.load_user_options()
+                self._started_flavor = self.flavor
+                return await self._start_checked()
+            finally:
+                self._started_flavor = self._key_task = None
+
+    async def _start_checked(self) -> Any:
+        # The Fence key and its Secret need nothing from the PVC or the pod reflector: they go
+        # alongside KubeSpawner's start, which is scheduled first so the PVC request leads.
+        self._pod_created = False
         start = asyncio.ensure_future(super()._start())
+        storing = self._key_task = asyncio.ensure_future(self._store_key())
         watchdog = asyncio.ensure_future(self._fatal_pod_error())
+        waiting = {start, watchdog}
+        # KubeSpawner creates a Service or runs a hook after the pod when these are on; only
+        # without them is a running pod the end of its start.
+        ready = None
+        if not (self.internal_ssl or self.services_enabled or self.after_pod_created_hook):
+            ready = asyncio.ensure_future(self._ready_pod_url())
+            waiting.add(ready)
         try:
-            done, _ = await asyncio.wait({start, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if start in done:
-                return start.result()
+                return start.result()  # its pod manifest waited for the key's Secret
+            if ready in done:
+                start.cancel()  # it is only waiting for its next back-off check
+                return ready.result()
             # KubeSpawner would wait out start_timeout on a pod that can never start.
             start.cancel()
             message = watchdog.result()
@@ -248,10 +303,14 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
             # it would go on to create a pod nobody tracks.
             if not start.done():
                 start.cancel()
+            # A key being minted is let finish, so it is revoked below instead of left behind.
+            await asyncio.gather(storing, return_exceptions=True)
             await self._cleanup_credentials()
             raise
         finally:
             watchdog.cancel()
+            if ready is not None:
+                ready.cancel()
 
     async def _fatal_pod_error(self) -> str:
         """Wait until the pod shows it can never start (bad image, crash loop) and say why."""

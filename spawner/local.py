@@ -89,6 +89,10 @@ class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
         return env
 
     async def start(self) -> Any:
+        async with self.spawn_scope():
+            return await self._start_in_scope()
+
+    async def _start_in_scope(self) -> Any:
         self.flavor = await self.choose_flavor(self.user_options)
         Path(self.home_dir).mkdir(parents=True, exist_ok=True)
         key = await self.mint_api_key()

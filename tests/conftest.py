@@ -36,6 +36,7 @@ def _reset_fence(request: pytest.FixtureRequest) -> Iterator[None]:
         f.fail_500 = False
         f.reject_refresh = False
         f.token_delay = 0.0
+        f.login_redirect_whitelist = []
         f.auto_login = None
         f.access_token_lifetime = 1200
         if f._thread is None:

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.contract.test_fence_contract import Provider, provider  # noqa: F401 - the fixture
+import pytest
+
+from tests.contract.test_fence_contract import CALLBACK, HUB_SCOPES, Provider, _standin_provider
 from tests.support.gen3client import CONFIG, files_holding, gen3_client, hook_profile, read_profile, run_hooks
 
 
-def test_gen3_client_auth_with_the_hooks_profile_then_refused_after_revocation(provider: Provider, tmp_path: Path) -> None:  # noqa: F811
+@pytest.fixture(scope="module", params=["stand-in", "real"])
+def provider(request: pytest.FixtureRequest) -> Iterator[Provider]:
+    """As in test_fence_contract, with clients of its own (real Fence refuses a client name twice)."""
+    if request.param == "stand-in":
+        yield from _standin_provider()
+        return
+    bed = request.getfixturevalue("real_fence")
+    client = bed.create_client("gen3-client-contract", [CALLBACK], HUB_SCOPES)
+    yield Provider("real Fence", bed.url, client, client, lambda user: None, lambda user: None, bed.blacklisted)
+
+
+def test_gen3_client_auth_with_the_hooks_profile_then_refused_after_revocation(provider: Provider, tmp_path: Path) -> None:
     tokens = provider.login("alice")
     minted = provider.call("POST", "/credentials/api/", tokens["access_token"], json={"scope": ["data", "user"]})
     assert minted.status_code == 200, minted.text[:300]

@@ -24,6 +24,15 @@ from tests.support.kubebed import KubeBed
 pytestmark = [pytest.mark.e2e, pytest.mark.k8s]
 
 
+def root_mount_options(pid: int) -> set[str]:
+    """The mount options of / as process `pid` sees it."""
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == "/":
+            return set(fields[5].split(","))
+    raise AssertionError(f"no root mount in /proc/{pid}/mountinfo")
+
+
 def read_configmap(bed: KubeBed, namespace: str, name: str) -> dict[str, str]:
     async def read() -> dict[str, str]:
         async with bed.admin_client() as api:
@@ -41,9 +50,12 @@ def chart_hub(kube_bed: KubeBed, fence: FenceStandIn, kubelet_thread_factory: An
     install_chart(kube_bed, ns, values={"commons": {"url": fence.url}, "auth": {"clientId": fence.client_id, "clientSecret": fence.client_secret}})
     config = read_configmap(kube_bed, ns, f"{fullname()}-hub-config")["config.yaml"]
     flavors = read_configmap(kube_bed, ns, f"{fullname()}-flavors")["flavors.yaml"]
-    kubelet = kubelet_thread_factory(ns)
+    # Users' pods live in the chart's users' namespace (Pod Security "restricted"); the harness
+    # runs their command as a local process, so the checks are the API server's admission only.
+    kubelet = kubelet_thread_factory(yaml.safe_load(config)["spawner"]["namespace"])
     kubeconfig = hub_kubeconfig(kube_bed, ns, tmp_path / "hub-kubeconfig")
-    hub = ChartHub(tmp_path, fence, kubeconfig, config, flavors, base_url=yaml.safe_load(config)["hub"]["baseUrl"]).start()
+    # The chart runs the hub and the proxy with read-only root file systems: so does this test.
+    hub = ChartHub(tmp_path, fence, kubeconfig, config, flavors, base_url=yaml.safe_load(config)["hub"]["baseUrl"], read_only_root=True).start()
     try:
         yield hub, kubelet
     finally:
@@ -52,6 +64,8 @@ def chart_hub(kube_bed: KubeBed, fence: FenceStandIn, kubelet_thread_factory: An
 
 def test_jupyterlab_and_gen3_sdk_through_the_kubernetes_path(page: Page, chart_hub: tuple[ChartHub, Any], fence: FenceStandIn) -> None:
     hub, kubelet = chart_hub
+    assert hub.proc is not None
+    assert root_mount_options(hub.proc.pid) & {"ro"}, "the hub must run on a read-only root file system"
     log_in(page, hub, "alice")
     expect(page.locator(".gen3-flavors")).to_be_visible()
     # The Kubernetes spawner applies the image: no local-mode note here.

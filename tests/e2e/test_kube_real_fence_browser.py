@@ -19,7 +19,7 @@ from playwright.sync_api import Page, expect
 
 from tests.e2e.test_kube_browser import read_configmap
 from tests.support.browser import open_notebook, run_in_notebook, start_flavor, stop_server
-from tests.support.chart_install import fullname, hub_kubeconfig, install_chart
+from tests.support.chart_install import fullname, hub_kubeconfig, install_chart, users_namespace
 from tests.support.charthub import ChartHub
 from tests.support.kube_fixtures import *  # noqa: F403
 from tests.support.kubebed import KubeBed
@@ -53,10 +53,12 @@ def chart_hub(kube_bed: KubeBed, real_fence: FenceBed, kubelet_thread_factory: A
     hub.flavors_yaml = read_configmap(kube_bed, ns, f"{fullname()}-flavors")["flavors.yaml"]
     assert yaml.safe_load(hub.config_yaml)["hub"]["baseUrl"] == base
     hub.kubeconfig = hub_kubeconfig(kube_bed, ns, tmp_path / "hub-kubeconfig")
-    kubelet_thread_factory(ns)
+    # Users' pods and key Secrets live in the chart's users' namespace.
+    users = users_namespace(ns)
+    kubelet_thread_factory(users)
     hub.start()
     try:
-        yield hub, ns
+        yield hub, users
     finally:
         hub.stop()
 

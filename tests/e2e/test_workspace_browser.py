@@ -92,5 +92,9 @@ def test_behind_the_portal_base_url_csp_and_logout(hub: Hub, fence: FenceStandIn
     r = s.get(f"{hub.url}hub/logout", allow_redirects=False, timeout=30)
     fence_logout = r.headers["Location"]
     assert fence_logout.startswith(f"{fence.url}/user/logout?next=")
+    # Fence redirects only to hosts it knows: a portal on another host must be in its
+    # LOGIN_REDIRECT_WHITELIST (docs/authentication.md).
+    assert s.get(fence_logout, allow_redirects=False, timeout=30).status_code == 400
+    fence.login_redirect_whitelist = ["portal.commons.test"]
     r = s.get(fence_logout, allow_redirects=False, timeout=30)
     assert r.status_code == 302 and r.headers["Location"] == PORTAL + "/"

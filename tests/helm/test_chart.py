@@ -145,6 +145,7 @@ def test_every_container_is_non_root_without_privilege_escalation(values: str) -
             assert not sc.get("privileged"), where
             assert "ALL" in (sc.get("capabilities") or {}).get("drop", []), where
             assert not (sc.get("capabilities") or {}).get("add"), where
+            assert sc.get("readOnlyRootFilesystem") is True, where
         assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), name
         if not name.endswith("-hub"):
             # Only the hub talks to the Kubernetes API.
@@ -156,21 +157,59 @@ def test_rbac_is_namespaced_and_minimal(values: str) -> None:
     docs = render(values)
     assert not find_all(docs, "ClusterRole") and not find_all(docs, "ClusterRoleBinding")
     user_ns = hub_config(docs)["spawner"]["namespace"]
+    assert user_ns != NAMESPACE, "users' servers must not share the release namespace"
+    assert [r["metadata"]["namespace"] for r in find_all(docs, "Role")] == [user_ns], "no Role in the release namespace"
     role = find(docs, "Role")
-    assert role["metadata"]["namespace"] == user_ns
-    allowed = {"pods", "persistentvolumeclaims", "secrets", "services", "events"}
+    # Exactly what KubeSpawner and spawner/kube.py call: no list/watch on Secrets, no PVC delete.
+    granted = {(res, verb) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]}
+    assert granted == ROLE_VERBS
     for rule in role["rules"]:
         assert rule["apiGroups"] == [""], rule
-        assert set(rule["resources"]) <= allowed, rule
-        assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
-        assert not rule.get("nonResourceURLs"), rule
-        if "persistentvolumeclaims" in rule["resources"]:
-            assert "delete" not in rule["verbs"] and "deletecollection" not in rule["verbs"], "the hub must not be able to delete users' drives"
+        assert not rule.get("nonResourceURLs") and not rule.get("resourceNames"), rule
     binding = find(docs, "RoleBinding")
     assert binding["metadata"]["namespace"] == user_ns
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
     hub_sa = find(docs, "Deployment", f"{FULLNAME}-hub")["spec"]["template"]["spec"]["serviceAccountName"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": hub_sa, "namespace": NAMESPACE}]
+
+
+# (resource, verb) the hub's Role grants; tests/integration/test_kube_chart.py proves them on a real API server.
+ROLE_VERBS = {
+    ("pods", "list"), ("pods", "watch"), ("pods", "create"), ("pods", "delete"),
+    ("events", "list"), ("events", "watch"),
+    ("persistentvolumeclaims", "get"), ("persistentvolumeclaims", "create"),
+    ("secrets", "get"), ("secrets", "create"), ("secrets", "update"), ("secrets", "delete"),
+}
+
+
+@pytest.mark.parametrize("values", ["defaults.yaml", "custom-whitelist.yaml"])
+def test_the_users_namespace_is_created_restricted_and_kept(values: str) -> None:
+    docs = render(values)
+    user_ns = hub_config(docs)["spawner"]["namespace"]
+    assert user_ns == {"defaults.yaml": f"{NAMESPACE}-workspace-users", "custom-whitelist.yaml": "workspace-users"}[values]
+    namespace = find(docs, "Namespace")
+    assert namespace["metadata"]["name"] == user_ns
+    labels = namespace["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert labels["pod-security.kubernetes.io/enforce-version"] == "latest"
+    # helm uninstall must not take the users' drives with it.
+    assert namespace["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    in_user_ns = sorted((d["kind"], d["metadata"]["name"]) for d in docs if d["metadata"].get("namespace") == user_ns)
+    assert in_user_ns == [("NetworkPolicy", f"{FULLNAME}-notebooks"), ("Role", f"{FULLNAME}-hub"), ("RoleBinding", f"{FULLNAME}-hub")]
+
+
+def test_a_namespace_the_operator_made_is_used_as_it_is() -> None:
+    docs = render("external-db-existing-secret.yaml")
+    assert not find_all(docs, "Namespace")
+    assert hub_config(docs)["spawner"]["namespace"] == "workspace-users-by-hand"
+    assert find(docs, "Role")["metadata"]["namespace"] == "workspace-users-by-hand"
+
+
+def test_the_users_namespace_check_refuses_an_existing_namespace_it_does_not_own() -> None:
+    """lookup answers only against a cluster (tests/integration/test_kube_chart.py runs it); here the check must be there."""
+    text = (CHART / "templates" / "hub" / "namespace.yaml").read_text(encoding="utf-8")
+    assert 'lookup "v1" "Namespace" "" $name' in text
+    assert '"meta.helm.sh/release-name"' in text and '"meta.helm.sh/release-namespace"' in text
 
 
 def _pod_labels(docs: list[Obj], deployment: str) -> dict[str, str]:
@@ -218,7 +257,8 @@ def test_notebook_egress_allows_only_what_is_listed(values: str) -> None:
     internal = ((values_tree.get("networkPolicy") or {}).get("notebook") or {}).get("allowedInternal") or []
     dns = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))["networkPolicy"]["dns"]
 
-    components = {"hub": (f"{FULLNAME}-hub", [(8081, "TCP")]), "proxy": (f"{FULLNAME}-proxy", [(8000, "TCP")])}
+    # Not the proxy: a user's server never calls it, so it may not reach any of its ports.
+    components = {"hub": (f"{FULLNAME}-hub", [(8081, "TCP")]), "proxy": (f"{FULLNAME}-proxy", [])}
     if egress_on:
         components["egress"] = (f"{FULLNAME}-egress", [(3128, "TCP")])
     seen: dict[str, list[tuple[Any, str]]] = {}
@@ -239,7 +279,7 @@ def test_notebook_egress_allows_only_what_is_listed(values: str) -> None:
             assert entry is not None, f"egress to something not listed in the values: {peer}"
             assert _ports(rule) == _ports(entry), entry["name"]
             seen_internal.append(entry["name"])
-    expected = {k: ports for k, (_, ports) in components.items()} | {"dns": [(53, "TCP"), (53, "UDP")]}
+    expected = {k: ports for k, (_, ports) in components.items() if ports} | {"dns": [(53, "TCP"), (53, "UDP")]}
     assert seen == expected
     assert sorted(set(seen_internal)) == sorted(e["name"] for e in internal)
 
@@ -268,9 +308,11 @@ def test_the_metadata_address_is_never_allowed(values: str) -> None:
     squid = [d for d in find_all(docs, "ConfigMap") if "squid.conf" in d.get("data", {})]
     for cm in squid:
         conf = cm["data"]["squid.conf"]
-        blocked = re.search(r"^acl blocked_destinations dst (.+)$", conf, re.M)
-        assert blocked and "169.254.169.254/32" in blocked.group(1).split()
-        assert conf.index("http_access deny blocked_destinations") < conf.index("http_access allow")
+        metadata = re.search(r"^acl metadata dst (.+)$", conf, re.M)
+        assert metadata and {"169.254.169.254/32", "fd00:ec2::254/128"} <= set(metadata.group(1).split())
+        # Refused before anything is allowed, internal destinations included.
+        allows = [i for i, line in enumerate(conf.splitlines()) if line.startswith("http_access allow")]
+        assert conf.splitlines().index("http_access deny metadata") < min(allows)
 
 
 def test_a_wide_internal_range_gets_the_metadata_address_cut_out() -> None:
@@ -319,7 +361,108 @@ def test_egress_proxy_only_serves_users_servers() -> None:
     assert len(peers) == 1 and _peer_is(peers[0], _notebook_labels(docs), "workspace-users", NAMESPACE)
     internet = [p["ipBlock"] for r in policy["spec"]["egress"] for p in r["to"] if "ipBlock" in p]
     v4 = next(b for b in internet if b["cidr"] == "0.0.0.0/0")
-    assert set(v4["except"]) == {"169.254.169.254/32", "10.0.0.0/8", "192.168.0.0/16"}
+    v6 = next(b for b in internet if b["cidr"] == "::/0")
+    # The non-public ranges and the operator's deniedDestinations, each in its own family.
+    assert set(v4["except"]) == set(NON_PUBLIC_V4) | {"203.0.113.0/24"}
+    assert set(v6["except"]) == set(NON_PUBLIC_V6) | {"2001:db8::/32"}
+    # The internal destination the operator listed is the only private range it may reach.
+    assert [b for b in internet if b["cidr"] not in ("0.0.0.0/0", "::/0")] == [{"cidr": "10.40.0.0/16"}]
+
+
+def _squid_acl(docs: list[Obj], name: str) -> list[str]:
+    conf = find(docs, "ConfigMap", f"{FULLNAME}-egress-config")["data"]["squid.conf"]
+    match = re.search(rf"^acl {name} dst (.+)$", conf, re.M)
+    assert match, name
+    return match.group(1).split()
+
+
+NON_PUBLIC_V4 = ["0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24", "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/3"]
+NON_PUBLIC_V6 = ["::/128", "::1/128", "64:ff9b:1::/48", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8"]
+# Addresses a whitelisted name must never lead to: the commons' private networks, the metadata
+# services of AWS (v4, v6 and EKS Pod Identity), GCP, Azure, Alibaba (100.100.100.200), OCI.
+INTERNAL_ADDRESSES = [
+    "10.1.2.3", "172.16.5.4", "172.31.255.254", "192.168.1.1", "100.64.0.1", "100.100.100.200",
+    "169.254.169.254", "169.254.170.23", "169.254.0.1", "127.0.0.1", "0.0.0.0", "192.0.0.192",
+    "198.18.0.1", "224.0.0.251", "255.255.255.255",
+    "::1", "::", "fd00:ec2::254", "fd12:3456::1", "fe80::1", "fec0::1", "ff02::1", "64:ff9b:1::a00:1",
+]
+PUBLIC_ADDRESSES = ["8.8.8.8", "1.1.1.1", "151.101.0.223", "100.63.255.255", "172.32.0.1", "2606:4700::1111", "2a00:1450:4001::200e"]
+
+
+def test_squid_and_the_policy_refuse_every_non_public_range() -> None:
+    docs = render("defaults.yaml")
+    blocked = _squid_acl(docs, "blocked_destinations")
+    assert blocked == NON_PUBLIC_V4 + NON_PUBLIC_V6
+    networks = [ipaddress.ip_network(c) for c in blocked]
+    for address in map(ipaddress.ip_address, INTERNAL_ADDRESSES):
+        assert any(address in n for n in networks), f"{address} is not refused"
+    for address in map(ipaddress.ip_address, PUBLIC_ADDRESSES):
+        assert not any(address in n for n in networks), f"the public address {address} is refused"
+    # Every listed range is a non-public one (Python's table of special-purpose ranges; its
+    # start is enough: 192.0.0.0/24 holds two global anycast addresses no download needs).
+    for n in networks:
+        start = n.network_address
+        assert not start.is_global or start.is_multicast or start.is_reserved or getattr(start, "is_site_local", False), n
+    assert _squid_acl(docs, "metadata") == ["169.254.169.254/32", "fd00:ec2::254/128"]
+    assert "acl internal_destinations" not in find(docs, "ConfigMap", f"{FULLNAME}-egress-config")["data"]["squid.conf"]
+    policy = find(docs, "NetworkPolicy", f"{FULLNAME}-egress")
+    blocks = {p["ipBlock"]["cidr"]: p["ipBlock"]["except"] for r in policy["spec"]["egress"] for p in r["to"] if "ipBlock" in p}
+    assert blocks == {"0.0.0.0/0": NON_PUBLIC_V4, "::/0": NON_PUBLIC_V6}
+
+
+def test_internal_destinations_are_the_only_exception_and_never_the_metadata_address() -> None:
+    docs = render("custom-whitelist.yaml")
+    assert _squid_acl(docs, "internal_destinations") == ["10.40.0.0/16"]
+    conf = find(docs, "ConfigMap", f"{FULLNAME}-egress-config")["data"]["squid.conf"]
+    assert "http_access deny blocked_destinations !internal_destinations" in conf.splitlines()
+    wide = render("defaults.yaml", overrides={"egressProxy": {"internalDestinations": ["169.254.0.0/16"]}})
+    policy = find(wide, "NetworkPolicy", f"{FULLNAME}-egress")
+    internal = [p["ipBlock"] for r in policy["spec"]["egress"] for p in r["to"] if p.get("ipBlock", {}).get("cidr") == "169.254.0.0/16"]
+    assert internal == [{"cidr": "169.254.0.0/16", "except": ["169.254.169.254/32"]}]
+
+
+def test_squid_sends_no_via_header_and_no_client_address() -> None:
+    conf = find(render("defaults.yaml"), "ConfigMap", f"{FULLNAME}-egress-config")["data"]["squid.conf"].splitlines()
+    assert "via off" in conf and "forwarded_for delete" in conf
+
+
+def test_the_squid_image_is_pinned_by_digest() -> None:
+    container = find(render("defaults.yaml"), "Deployment", f"{FULLNAME}-egress")["spec"]["template"]["spec"]["containers"][0]
+    assert re.fullmatch(r"ubuntu/squid:[\w.-]+@sha256:[0-9a-f]{64}", container["image"]), container["image"]
+    out = template_text("defaults.yaml", overrides={"egressProxy": {"image": {"digest": "latest"}}})
+    assert out.returncode != 0 and "digest" in out.stderr
+
+
+@pytest.mark.parametrize("values", VALUES_FILES)
+def test_hub_egress_is_what_it_talks_to(values: str) -> None:
+    docs = render(values)
+    policy = find(docs, "NetworkPolicy", f"{FULLNAME}-hub")
+    user_ns = hub_config(docs)["spawner"]["namespace"]
+    values_tree = yaml.safe_load((VALUES_DIR / values).read_text(encoding="utf-8"))
+    chart_defaults = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    listed = ((values_tree.get("networkPolicy") or {}).get("hub") or {}).get("allowedEgress") or chart_defaults["networkPolicy"]["hub"]["allowedEgress"]
+    dns = chart_defaults["networkPolicy"]["dns"]
+    seen = []
+    for rule in policy["spec"]["egress"]:
+        assert rule.get("to") and rule.get("ports"), f"egress without a destination or a port: {rule}"
+        for peer in rule["to"]:
+            if _peer_is(peer, _pod_labels(docs, f"{FULLNAME}-proxy"), NAMESPACE, NAMESPACE):
+                seen.append(("proxy api", _ports(rule)))
+            elif _peer_is(peer, _notebook_labels(docs), user_ns, NAMESPACE):
+                seen.append(("servers", _ports(rule)))
+            elif peer.get("podSelector") == dns["podSelector"]:
+                seen.append(("dns", _ports(rule)))
+            else:
+                entry = next(e for e in listed if any(_same_peer(peer, want) for want in e["to"]))
+                assert _ports(rule) == _ports(entry)
+                seen.append((entry["name"], _ports(rule)))
+    expected = [("proxy api", [(8001, "TCP")]), ("servers", [("notebook-port", "TCP")]), ("dns", [(53, "TCP"), (53, "UDP")])]
+    expected += [(e["name"], _ports(e)) for e in listed]
+    assert sorted(map(repr, seen)) == sorted(map(repr, expected))
+    if values == "defaults.yaml":
+        # By default: ports 443 and 6443 only, and never loopback or link-local.
+        block = next(p["ipBlock"] for r in policy["spec"]["egress"] for p in r["to"] if "ipBlock" in p)
+        assert set(block["except"]) >= {"127.0.0.0/8", "169.254.0.0/16"}
 
 
 # ---- hub, flavors, secrets ---------------------------------------------------------------------
@@ -454,6 +597,33 @@ def test_external_db_has_no_pvc_and_a_password_from_the_secret() -> None:
     assert db["type"] == "external" and db["url"].startswith("postgresql+psycopg://jupyterhub@") and "db-password-for-tests" not in db["url"]
 
 
+def test_external_db_password_from_an_existing_secret() -> None:
+    docs = render("external-db-existing-secret.yaml")
+    assert _env(_hub_pod(docs))["GEN3WS_DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "hub-db", "key": "pg-password"}
+    assert "db-password" not in _secret_data(docs)
+    both = render("external-db.yaml", overrides={"hub": {"db": {"existingSecret": {"name": "hub-db"}}}})
+    assert _env(_hub_pod(both))["GEN3WS_DB_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "hub-db", "key": "password"}
+    assert "db-password" not in _secret_data(both), "the Secret wins; the password in values is not stored"
+    a, b = render("external-db-existing-secret.yaml"), render("external-db-existing-secret.yaml", overrides={"hub": {"db": {"existingSecret": {"name": "other"}}}})
+    assert _hub_pod(a)["metadata"]["annotations"]["checksum/secret-inputs"] != _hub_pod(b)["metadata"]["annotations"]["checksum/secret-inputs"]
+
+
+@pytest.mark.parametrize("values", ["defaults.yaml", "external-db.yaml"])
+def test_writable_folders_are_empty_dirs_on_a_read_only_root(values: str) -> None:
+    docs = render(values)
+    for name, template in pod_templates(docs):
+        volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+        for c in template["spec"]["containers"]:
+            writable = {m["mountPath"]: volumes[m["name"]] for m in c.get("volumeMounts", []) if not m.get("readOnly")}
+            assert "/tmp" in writable and "emptyDir" in writable["/tmp"], name
+            for path, volume in writable.items():
+                assert "emptyDir" in volume or "persistentVolumeClaim" in volume, (name, path)
+            if name.endswith("-hub"):
+                assert "/srv/jupyterhub" in writable, "the hub's database folder"
+            if name.endswith("-egress"):
+                assert "/var/run/squid" in writable
+
+
 def test_ingress_routes_the_base_url_to_proxy_public() -> None:
     docs = render("ingress.yaml")
     ingress = find(docs, "Ingress")
@@ -520,14 +690,18 @@ def test_notes_tell_the_operator_what_to_do_next() -> None:
     assert "https://data.example.org/workspace/" in notes
     assert "fence-create client-create" in notes and "https://data.example.org/workspace/hub/oauth_callback" in notes
     assert f"configmap {FULLNAME}-flavors" in notes and f"{FULLNAME}-egress-config" in notes
-    assert "helm uninstall` keeps them" in notes
+    assert "helm uninstall` keeps them and the namespace" in notes
+    assert f'namespace "{NAMESPACE}-workspace-users"' in notes and '"restricted" profile' in notes
+    assert "pod-security.kubernetes.io/enforce=restricted" in notes_text("external-db-existing-secret.yaml")
     off = notes_text("egress-off.yaml")
     assert "egress proxy is disabled" in off and "no internet access" in off
 
 
 def test_release_name_and_namespace_are_what_the_helpers_assume() -> None:
     docs = render("defaults.yaml")
-    assert all(d["metadata"].get("namespace") == NAMESPACE for d in docs)
+    user_ns = f"{NAMESPACE}-workspace-users"
+    assert all(d["metadata"].get("namespace") == NAMESPACE for d in docs if d["kind"] not in ("Namespace", "Role", "RoleBinding") and d["metadata"]["name"] != f"{FULLNAME}-notebooks")
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] in ("Role", "RoleBinding")} == {user_ns}
     assert hub_config(docs)["release"] == {"name": RELEASE, "namespace": NAMESPACE}
     json.dumps(docs)  # every object is plain data
     assert Path(CHART / "Chart.yaml").exists()

@@ -68,7 +68,7 @@ def test_defaults(tmp_path: Path) -> None:
 
     spawner = c.Gen3KubeSpawner
     assert spawner.flavor_file == "/usr/local/etc/gen3-workspace/flavors/flavors.yaml"
-    assert spawner.namespace == NAMESPACE
+    assert spawner.namespace == f"{NAMESPACE}-workspace-users"
     assert spawner.egress_proxy == f"http://{FULLNAME}-egress.{NAMESPACE}.svc.cluster.local:3128"
     assert spawner.no_proxy == []
     assert spawner.issue_api_key is True
@@ -88,14 +88,29 @@ def test_idle_culler_is_a_hub_service_with_a_minimal_role(tmp_path: Path) -> Non
     assert service["command"][:3] == [sys.executable, "-m", "jupyterhub_idle_culler"]
     assert {"--timeout=1800", "--cull-every=120", "--max-age=86400", "--concurrency=10"} <= set(service["command"])
     assert c.Gen3KubeSpawner.api_key_lifetime == 86400 + 120 + 3600, "keys die an hour after the oldest server may"
-    (role,) = c.JupyterHub.load_roles
+    role = next(r for r in c.JupyterHub.load_roles if r["name"] == "idle-culler")
     assert role["services"] == ["idle-culler"]
     assert sorted(role["scopes"]) == sorted(["list:users", "read:users:activity", "read:servers", "delete:servers"])
 
 
 def test_culler_off(tmp_path: Path) -> None:
     c = _apply(tmp_path, overrides={"culler": {"enabled": False}})
-    assert "services" not in c.JupyterHub and "load_roles" not in c.JupyterHub
+    assert "services" not in c.JupyterHub
+    assert [r["name"] for r in c.JupyterHub.load_roles] == ["gen3-fence-admin"]
+
+
+def test_fence_admins_get_the_limited_role_unless_server_access_is_asked_for(tmp_path: Path) -> None:
+    c = _apply(tmp_path)
+    auth = c.Gen3OAuthenticator
+    assert (auth.admin_from_fence, auth.fence_admin_server_access) == (True, False)
+    role = next(r for r in c.JupyterHub.load_roles if r["name"] == "gen3-fence-admin")
+    assert role["groups"] == ["gen3-fence-admins"]
+    # Nothing that opens a user's server or hands out their tokens.
+    assert not {"admin:users", "admin:auth_state", "access:servers", "admin:servers", "tokens", "shares", "users:shares", "admin:groups", "groups"} & set(role["scopes"])
+    wide = _apply(tmp_path, "external-db-existing-secret.yaml").Gen3OAuthenticator
+    assert wide.fence_admin_server_access is True
+    off = _apply(tmp_path, overrides={"auth": {"fenceAdmins": {"enabled": False}}}).Gen3OAuthenticator
+    assert off.admin_from_fence is False
 
 
 def test_external_db_gets_the_password_spliced_in(tmp_path: Path) -> None:

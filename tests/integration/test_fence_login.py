@@ -123,15 +123,18 @@ def test_groups_follow_fence_across_logins(fence_hub: Hub, fence: FenceStandIn) 
     assert fence_hub.user_model("alice")["groups"] == ["analysts"]
 
 
-def test_fence_admins_become_hub_admins_and_stop_being_them(fence_hub: Hub, fence: FenceStandIn) -> None:
+def test_fence_admins_get_the_limited_admin_group_and_lose_it_with_is_admin(fence_hub: Hub, fence: FenceStandIn) -> None:
+    # Full JupyterHub admins could open every user's server: tests/integration/test_fence_admin.py.
     fence_hub.login("admin-ada")
-    assert fence_hub.user_model("admin-ada")["admin"] is True
+    ada = fence_hub.user_model("admin-ada")
+    assert ada["admin"] is False and "gen3-fence-admins" in ada["groups"]
     fence_hub.login("alice")
     assert fence_hub.user_model("alice")["admin"] is False
+    assert "gen3-fence-admins" not in fence_hub.user_model("alice")["groups"]
     fence.users["admin-ada"].is_admin = False
     try:
         fence_hub.login("admin-ada")
-        assert fence_hub.user_model("admin-ada")["admin"] is False
+        assert "gen3-fence-admins" not in fence_hub.user_model("admin-ada")["groups"]
     finally:
         fence.users["admin-ada"].is_admin = True
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kubernetes_asyncio import client as k8s
 
-from tests.support.chart_install import fullname, hub_kubeconfig, install_chart
+from tests.support.chart_install import fullname, hub_kubeconfig, install_chart, users_namespace
 from tests.support.charthub import ChartHub
 from tests.support.fence import FenceStandIn
 from tests.support.kube_fixtures import *  # noqa: F403
@@ -63,7 +63,7 @@ def hub(kube_bed: KubeBed, fence: FenceStandIn, postgres: Postgres, kubelet_thre
     db = yaml.safe_load(config)["hub"]["db"]
     assert (db["type"], db["url"]) == ("external", postgres.url()) and postgres.password not in config, "the password stays in the Secret"
     flavors = read_configmap(kube_bed, ns, f"{fullname()}-flavors")["flavors.yaml"]
-    kubelet_thread_factory(ns)
+    kubelet_thread_factory(users_namespace(ns))  # users' pods live in the chart's users' namespace
     kubeconfig = hub_kubeconfig(kube_bed, ns, tmp_path / "hub-kubeconfig")
     h = ChartHub(
         tmp_path, fence, kubeconfig, config, flavors, base_url=yaml.safe_load(config)["hub"]["baseUrl"], chart_db=True,

@@ -14,13 +14,14 @@ import yaml
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
-from tests.helm.chart import BAD_VALUES_DIR, VALUES_DIR, helm, render
+from tests.helm.chart import BAD_VALUES_DIR, NAMESPACE, VALUES_DIR, helm, render
 from tests.support.chart_install import (
     fullname,
     generated_secret_values,
     hub_kubeconfig,
     hub_service_account,
     install_chart,
+    users_namespace,
 )
 from tests.support.kube_fixtures import *  # noqa: F403 - the kube_bed/kube_namespace fixtures
 from tests.support.kubebed import KubeBed, k8s_body
@@ -134,7 +135,9 @@ async def test_install_creates_every_rendered_object(kube_bed: KubeBed, kube_nam
 
     manifest = release_manifest(kube_bed, kube_namespace)
     # What helm sent is what the chart renders offline: no object went missing on the way.
-    assert names(manifest) == names(render(values_name))
+    # (Offline the release namespace is tests.helm.chart's; the users' namespace is named after it.)
+    offline = {(kind, name.replace(users_namespace(NAMESPACE), users_namespace(kube_namespace))) for kind, name in names(render(values_name))}
+    assert names(manifest) == offline
 
     async with kube_bed.admin_client() as api:
         resources = await discover(api)
@@ -224,27 +227,46 @@ async def test_upgrade_keeps_keys_and_restarts_the_hub_only_for_hub_config(kube_
 
 # --- RBAC ------------------------------------------------------------------------------------
 
-# (verb, group, resource, namespace or None for the release namespace, "" for cluster-wide)
+# (verb, group, resource, where): USER is the users' namespace the chart made, RELEASE the
+# commons' namespace the chart is installed into, OTHER any other namespace, "" cluster-wide.
 ALLOWED = [
-    ("create", "", "pods", None),
-    ("delete", "", "pods", None),
-    ("create", "", "secrets", None),
-    ("delete", "", "secrets", None),
-    ("create", "", "persistentvolumeclaims", None),
-    ("list", "", "events", None),
+    ("list", "", "pods", "USER"),
+    ("watch", "", "pods", "USER"),
+    ("create", "", "pods", "USER"),
+    ("delete", "", "pods", "USER"),
+    ("list", "", "events", "USER"),
+    ("watch", "", "events", "USER"),
+    ("get", "", "persistentvolumeclaims", "USER"),
+    ("create", "", "persistentvolumeclaims", "USER"),
+    ("create", "", "secrets", "USER"),
+    ("get", "", "secrets", "USER"),
+    ("update", "", "secrets", "USER"),
+    ("delete", "", "secrets", "USER"),
 ]
 DENIED = [
-    ("get", "", "secrets", "OTHER"),
-    ("list", "", "secrets", "OTHER"),
-    ("create", "", "pods", "OTHER"),
+    # Only Secrets it knows the name of, even in the users' namespace.
+    ("list", "", "secrets", "USER"),
+    ("watch", "", "secrets", "USER"),
+    ("patch", "", "secrets", "USER"),
     # Users' drives outlive every hub bug.
-    ("delete", "", "persistentvolumeclaims", None),
+    ("delete", "", "persistentvolumeclaims", "USER"),
+    ("patch", "", "persistentvolumeclaims", "USER"),
+    ("create", "", "services", "USER"),
+    ("create", "", "pods/exec", "USER"),
+    # Nothing at all in the commons' namespace: not its Secrets, not its pods, not its config.
+    ("get", "", "secrets", "RELEASE"),
+    ("list", "", "secrets", "RELEASE"),
+    ("list", "", "pods", "RELEASE"),
+    ("create", "", "pods", "RELEASE"),
+    ("get", "", "configmaps", "RELEASE"),
+    ("get", "", "secrets", "OTHER"),
+    ("create", "", "pods", "OTHER"),
     ("create", "", "namespaces", ""),
     ("list", "", "nodes", ""),
     ("list", "", "pods", ""),
     ("list", "", "secrets", ""),
     # No way to grant itself more.
-    ("create", "rbac.authorization.k8s.io", "rolebindings", None),
+    ("create", "rbac.authorization.k8s.io", "rolebindings", "USER"),
 ]
 
 
@@ -270,16 +292,20 @@ async def rules_in(api: k8s.ApiClient, namespace: str) -> set[tuple[str, str, st
 
 
 async def test_hub_service_account_has_exactly_the_charts_rbac(kube_bed: KubeBed, kube_namespace: str, tmp_path: Path) -> None:
-    ns = kube_namespace
+    ns, users = kube_namespace, users_namespace(kube_namespace)
     other = f"t-other-{uuid.uuid4().hex[:8]}"
     await kube_bed.create_namespace(other)
     install_chart(kube_bed, ns)
     async with kube_bed.admin_client() as api:
         v1 = k8s.CoreV1Api(api)
-        await v1.create_namespaced_secret(ns, k8s_body({"metadata": {"name": "own"}, "stringData": {"k": "v"}}))
+        # A key Secret the hub made (here: as if), a Secret of the commons, one elsewhere.
+        await v1.create_namespaced_secret(users, k8s_body({"metadata": {"name": "gen3-credentials-alice"}, "stringData": {"k": "v"}}))
+        await v1.create_namespaced_secret(ns, k8s_body({"metadata": {"name": "fence-jwt-keys"}, "stringData": {"k": "v"}}))
         await v1.create_namespaced_secret(other, k8s_body({"metadata": {"name": "victim"}, "stringData": {"k": "v"}}))
-        role = await k8s.RbacAuthorizationV1Api(api).read_namespaced_role(f"{fullname()}-hub", ns)
-        role_rules = expand(api.sanitize_for_serialization(role)["rules"])
+        roles = (await k8s.RbacAuthorizationV1Api(api).list_role_for_all_namespaces(label_selector="app.kubernetes.io/instance=ws")).items
+        mine = [r for r in roles if r.metadata.namespace in (ns, users)]
+        assert [(r.metadata.namespace, r.metadata.name) for r in mine] == [(users, f"{fullname()}-hub")], "one Role, in the users' namespace"
+        role_rules = expand(api.sanitize_for_serialization(mine[0])["rules"])
     assert role_rules, "the hub Role has no rules"
 
     # What the hub itself will use: the kubeconfig KubeSpawner gets in the hub tests.
@@ -291,12 +317,14 @@ async def test_hub_service_account_has_exactly_the_charts_rbac(kube_bed: KubeBed
 
         authz = k8s.AuthorizationV1Api(api)
 
-        async def allowed(verb: str, group: str, resource: str, namespace: str | None) -> bool:
-            target = {None: ns, "OTHER": other}.get(namespace, namespace)
+        async def allowed(verb: str, group: str, resource: str, where: str) -> bool:
+            target = {"USER": users, "RELEASE": ns, "OTHER": other}.get(where, where)
+            resource, _, sub = resource.partition("/")
+            attributes = {"verb": verb, "group": group, "resource": resource, "namespace": target, "subresource": sub}
             answer = await authz.create_self_subject_access_review(k8s_body({
                 "apiVersion": "authorization.k8s.io/v1",
                 "kind": "SelfSubjectAccessReview",
-                "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": resource, "namespace": target}},
+                "spec": {"resourceAttributes": attributes},
             }))
             return bool(answer.status.allowed)
 
@@ -304,24 +332,127 @@ async def test_hub_service_account_has_exactly_the_charts_rbac(kube_bed: KubeBed
         assert [c for c in ALLOWED if not verdicts[c]] == [], "the hub lacks permissions it needs"
         assert [c for c in DENIED if verdicts[c]] == [], "the hub has permissions it must not have"
 
-        # Not just the review: the API refuses the hub a Secret of another namespace, and
-        # serves it its own (so the 403 is RBAC, not a broken token).
+        # Not just the review: the API itself answers. The hub reads a key Secret by name in the
+        # users' namespace (so a 403 below is RBAC, not a broken token), cannot list the Secrets
+        # there, and cannot touch the commons' namespace at all.
         v1 = k8s.CoreV1Api(api)
-        assert (await v1.read_namespaced_secret("own", ns)).data["k"]
-        with pytest.raises(k8s.ApiException) as refused:
-            await v1.read_namespaced_secret("victim", other)
-        assert refused.value.status == 403
+        assert (await v1.read_namespaced_secret("gen3-credentials-alice", users)).data["k"]
+        for call in (
+            v1.list_namespaced_secret(users),
+            v1.read_namespaced_secret("fence-jwt-keys", ns),
+            v1.list_namespaced_secret(ns),
+            v1.list_namespaced_pod(ns),
+            v1.list_namespaced_config_map(ns),
+            v1.read_namespaced_secret("victim", other),
+        ):
+            with pytest.raises(k8s.ApiException) as refused:
+                await call
+            assert refused.value.status == 403
 
-        hub_in_ns, hub_in_other = await rules_in(api, ns), await rules_in(api, other)
+        hub_in_users, hub_in_release, hub_in_other = await rules_in(api, users), await rules_in(api, ns), await rules_in(api, other)
 
     # Exactly the Role: compared with a ServiceAccount the chart knows nothing of, the hub
-    # may do the Role's rules in its namespace and nothing more anywhere (a stray
-    # ClusterRoleBinding would show up in both). The baseline is what the cluster's
+    # may do the Role's rules in the users' namespace and nothing more anywhere (a stray
+    # ClusterRoleBinding would show up everywhere). The baseline is what the cluster's
     # bootstrap policy grants every identity (self reviews, ClusterTrustBundles, ...).
     async with kube_bed.token_client(await kube_bed.service_account_token(ns, "default")) as api:
-        base_in_ns, base_in_other = await rules_in(api, ns), await rules_in(api, other)
-    assert hub_in_ns - base_in_ns == role_rules
+        base_in_users, base_in_release, base_in_other = await rules_in(api, users), await rules_in(api, ns), await rules_in(api, other)
+    assert hub_in_users - base_in_users == role_rules
+    assert hub_in_release - base_in_release == set()
     assert hub_in_other - base_in_other == set()
+
+
+# --- the users' namespace and Pod Security ---------------------------------------------------
+
+PRIVILEGED_POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "escape"},
+    "spec": {
+        "hostPID": True,
+        "containers": [{"name": "c", "image": "busybox", "securityContext": {"privileged": True}}],
+        "volumes": [{"name": "host", "hostPath": {"path": "/"}}],
+    },
+}
+ROOT_POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "root"},
+    "spec": {"containers": [{"name": "c", "image": "busybox", "securityContext": {"runAsUser": 0}}]},
+}
+
+
+async def test_the_users_namespace_enforces_pod_security_restricted(kube_bed: KubeBed, kube_namespace: str, tmp_path: Path) -> None:
+    ns, users = kube_namespace, users_namespace(kube_namespace)
+    install_chart(kube_bed, ns)
+    async with kube_bed.admin_client() as api:
+        v1 = k8s.CoreV1Api(api)
+        labels = (await v1.read_namespace(users)).metadata.labels
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+        # Refused even for the cluster admin: admission, not RBAC.
+        for pod in (PRIVILEGED_POD, ROOT_POD):
+            with pytest.raises(k8s.ApiException) as refused:
+                await v1.create_namespaced_pod(users, k8s_body(pod))
+            assert refused.value.status == 403 and "violates PodSecurity" in refused.value.body, refused.value.body
+            assert 'restricted:latest' in refused.value.body
+        # The control: the same pod passes admission in a namespace without the label.
+        await v1.create_namespaced_pod(ns, k8s_body(PRIVILEGED_POD), dry_run="All")
+
+    cfg = k8s.Configuration()
+    await k8s_config.load_kube_config(config_file=str(hub_kubeconfig(kube_bed, ns, tmp_path / "kubeconfig")), client_configuration=cfg)
+    async with k8s.ApiClient(cfg) as api:
+        # The hub may create pods there, and still not a privileged one.
+        with pytest.raises(k8s.ApiException) as refused:
+            await k8s.CoreV1Api(api).create_namespaced_pod(users, k8s_body(PRIVILEGED_POD))
+        assert refused.value.status == 403 and "violates PodSecurity" in refused.value.body
+
+
+async def test_the_charts_own_pods_meet_pod_security_restricted(kube_bed: KubeBed, kube_namespace: str) -> None:
+    """An operator may label the commons' namespace "restricted" too: the hub, proxy and squid pods pass."""
+    ns = kube_namespace
+    async with kube_bed.admin_client() as api:
+        v1 = k8s.CoreV1Api(api)
+        await v1.patch_namespace(ns, k8s_body({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}))
+        install_chart(kube_bed, ns)
+        templates = [d for d in release_manifest(kube_bed, ns) if d["kind"] == "Deployment"]
+        assert {d["metadata"]["name"] for d in templates} == {f"{fullname()}-{c}" for c in ("hub", "proxy", "egress")}
+        for deployment in templates:
+            template = deployment["spec"]["template"]
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": deployment["metadata"]["name"], "labels": template["metadata"]["labels"]}, "spec": template["spec"]}
+            # No controller-manager here: the pod the ReplicaSet would create, through admission.
+            await v1.create_namespaced_pod(ns, k8s_body(pod), dry_run="All")
+        with pytest.raises(k8s.ApiException) as refused:
+            await v1.create_namespaced_pod(ns, k8s_body(ROOT_POD), dry_run="All")
+        assert "violates PodSecurity" in refused.value.body
+
+
+async def test_the_users_namespace_outlives_uninstall_and_is_adopted_again(kube_bed: KubeBed, kube_namespace: str) -> None:
+    ns, users = kube_namespace, users_namespace(kube_namespace)
+    install_chart(kube_bed, ns)
+    out = helm("uninstall", "ws", "--namespace", ns, "--kubeconfig", str(kube_bed.kubeconfig))
+    assert out.returncode == 0, out.stderr
+    async with kube_bed.admin_client() as api:
+        kept = await k8s.CoreV1Api(api).read_namespace(users)
+    assert kept.metadata.deletion_timestamp is None, "helm uninstall must keep the users' drives' namespace"
+    # The same release installed again takes it back.
+    install_chart(kube_bed, ns)
+
+
+async def test_a_namespace_the_operator_made_is_refused_unless_told_to_use_it(kube_bed: KubeBed, kube_namespace: str) -> None:
+    ns = kube_namespace
+    users = f"{ns}-by-hand"
+    await kube_bed.create_namespace(users, labels={"pod-security.kubernetes.io/enforce": "restricted"})
+    with pytest.raises(AssertionError) as failed:
+        install_chart(kube_bed, ns, values={"spawner": {"namespace": users}})
+    assert f'the namespace "{users}" already exists and release "ws" does not own it' in str(failed.value)
+    assert "spawner.createNamespace=false" in str(failed.value)
+
+    install_chart(kube_bed, ns, values={"spawner": {"namespace": users, "createNamespace": False}})
+    async with kube_bed.admin_client() as api:
+        role = await k8s.RbacAuthorizationV1Api(api).read_namespaced_role(f"{fullname()}-hub", users)
+        namespace = await k8s.CoreV1Api(api).read_namespace(users)
+    assert role.rules
+    assert "meta.helm.sh/release-name" not in (namespace.metadata.annotations or {}), "the chart must not take over the operator's namespace"
 
 
 # --- a refused install -----------------------------------------------------------------------

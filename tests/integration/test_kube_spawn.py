@@ -19,7 +19,7 @@ from tornado import web
 
 from gen3workspace.hub.auth import Gen3OAuthenticator
 from gen3workspace.spawner.kube import Gen3KubeSpawner
-from tests.support.chart_install import hub_kubeconfig, install_chart
+from tests.support.chart_install import hub_kubeconfig, install_chart, users_namespace
 from tests.support.fakes import FakeUser, fake_hub
 from tests.support.fence import FenceStandIn
 from tests.support.kube_fixtures import *  # noqa: F403
@@ -44,11 +44,12 @@ def fence() -> Iterator[FenceStandIn]:
 
 @pytest.fixture(scope="module")
 def chart_ns(kube_bed: KubeBed, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    """A namespace with the chart installed, and a kubeconfig holding its hub ServiceAccount's token."""
+    """The users' namespace of a chart installed into a fresh namespace (Pod Security "restricted"
+    there), and a kubeconfig holding the chart's hub ServiceAccount's token."""
     ns = f"spawn-{uuid.uuid4().hex[:6]}"
     kube_bed.create_namespace_sync(ns)
     install_chart(kube_bed, ns)
-    return ns, hub_kubeconfig(kube_bed, ns, tmp_path_factory.mktemp("hubsa") / "kubeconfig")
+    return users_namespace(ns), hub_kubeconfig(kube_bed, ns, tmp_path_factory.mktemp("hubsa") / "kubeconfig")
 
 
 @pytest.fixture
@@ -122,6 +123,8 @@ async def test_spawn_stop_and_respawn_with_the_charts_rbac(
     assert now["pvcs"] - before["pvcs"] == {pvc}
 
     pod = await admin.read_namespaced_pod(spawner.pod_name, ns)
+    # Admitted by the users' namespace's Pod Security "restricted" profile.
+    assert (await admin.read_namespace(ns)).metadata.labels["pod-security.kubernetes.io/enforce"] == "restricted"
     assert pod.metadata.annotations["gen3username"] == "alice"
     assert pod.metadata.labels["gen3.org/flavor"] == "python-small"
     assert pod.spec.automount_service_account_token is False
@@ -215,7 +218,13 @@ async def test_hub_token_cannot_read_secrets_elsewhere(kube_bed: KubeBed, chart_
     await k8s_config.load_kube_config(config_file=str(chart_ns[1]), client_configuration=cfg)
     async with k8s.ApiClient(cfg) as api:
         v1 = k8s.CoreV1Api(api)
-        await v1.list_namespaced_secret(chart_ns[0])  # its own namespace: allowed
+        # The users' namespace: a Secret by name (404: there is none), never the list of them.
+        with pytest.raises(ApiException) as e:
+            await v1.read_namespaced_secret("gen3-credentials-nobody", chart_ns[0])
+        assert e.value.status == 404
+        with pytest.raises(ApiException) as e:
+            await v1.list_namespaced_secret(chart_ns[0])
+        assert e.value.status == 403
         with pytest.raises(ApiException) as e:
             await v1.read_namespaced_secret("s", other)
         assert e.value.status == 403

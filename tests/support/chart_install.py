@@ -32,6 +32,7 @@ __all__ = [
     "hub_kubeconfig",
     "hub_service_account",
     "install_chart",
+    "users_namespace",
 ]
 
 
@@ -87,7 +88,15 @@ def install_chart(
         )
     if proc.returncode != 0:
         raise AssertionError(f"helm {verb} {release} into {namespace} failed (exit {proc.returncode}):\n{proc.stderr}")
+    # The bed has no service-account controller: give the users' namespace the "default"
+    # ServiceAccount a real cluster would, or no user's pod could be admitted there.
+    bed.create_service_account_sync(users_namespace(namespace, merged))
     return proc
+
+
+def users_namespace(namespace: str, values: Mapping[str, Any] | None = None) -> str:
+    """The chart's users' namespace for a release in `namespace` with these values (gen3ws.userNamespace)."""
+    return ((values or {}).get("spawner") or {}).get("namespace") or f"{namespace}-workspace-users"
 
 
 def hub_kubeconfig(bed: KubeBed, namespace: str, path: Path, release: str = DEFAULT_RELEASE) -> Path:

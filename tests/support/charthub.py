@@ -27,6 +27,7 @@ c.JupyterHub.cleanup_servers = True
 c.ConfigurableHTTPProxy.should_start = True
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{api_port}"
 c.ConfigurableHTTPProxy.command = [{chp!r}]
+c.ConfigurableHTTPProxy.pid_file = "{proxy_pid}"
 c.Gen3KubeSpawner.flavor_file = {flavors!r}
 c.Gen3KubeSpawner.cmd = [{singleuser!r}]
 c.Gen3KubeSpawner.args = ["--allow-root"]
@@ -43,15 +44,20 @@ class ChartHub(Hub):
 
     def __init__(
         self, tmp: Path, fence: FenceStandIn, kubeconfig: Path, config_yaml: str, flavors_yaml: str, base_url: str = "/workspace/",
-        chart_db: bool = False, extra_config: str = "", extra_env: dict[str, str] | None = None,
+        chart_db: bool = False, extra_config: str = "", extra_env: dict[str, str] | None = None, read_only_root: bool = False,
     ):
         """`config_yaml` and `flavors_yaml`: the data of the ConfigMaps the chart installed.
 
         `chart_db`: use the database the chart config names (hub.db) instead of a sqlite file.
         The hub Secret's values are made once, so a restarted hub reads what it stored.
+
+        `read_only_root`: run the hub (and the proxy it starts) in a mount namespace whose root
+        file system is read-only except /tmp, as the chart's readOnlyRootFilesystem has it
+        (needs root for unshare and mount).
         """
         super().__init__(tmp, fence=fence, extra_config=extra_config)
         self.chart_db = chart_db
+        self.read_only_root = read_only_root
         # Fixed per instance, so a restarted hub is found where the servers it started expect it.
         self.hub_port, self.api_port = free_port(), free_port()
         self.secret_env = {
@@ -77,10 +83,15 @@ class ChartHub(Hub):
                 config=str(config), port=self.port, hub_port=self.hub_port, api_port=self.api_port,
                 db_line="" if self.chart_db else f'c.JupyterHub.db_url = "sqlite:///{self.tmp / "jupyterhub.sqlite"}"',
                 chp=find_proxy_command(), flavors=str(flavors), singleuser=str(Path(sys.executable).with_name("jupyterhub-singleuser")),
-                base=self.base_url, test_config=str(test_config),
+                base=self.base_url, test_config=str(test_config), proxy_pid=self.tmp / "proxy.pid",
             )
         )
         # What the chart's hub Secret gives the hub as env.
         env.update(KUBECONFIG=str(self.kubeconfig), GEN3WS_CLIENT_SECRET=self.fence.client_secret, **self.secret_env)
-        return [sys.executable, "-m", "jupyterhub", "--config", str(cfg), "--debug"]
+        hub = [sys.executable, "-m", "jupyterhub", "--config", str(cfg), "--debug"]
+        if not self.read_only_root:
+            return hub
+        # /tmp holds this hub's files (its database too), like the chart's emptyDir and volume.
+        remount = 'mount --bind /tmp /tmp && mount -o remount,bind,ro / && exec "$@"'
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", remount, "read-only-root", *hub]
 

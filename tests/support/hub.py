@@ -33,6 +33,11 @@ c.JupyterHub.load_roles = _roles + [{
     "scopes": ["admin:users", "admin:auth_state", "admin:servers", "admin:groups", "admin:server_state", "read:users", "tokens", "servers", "access:servers", "read:hub"],
     "services": ["test-admin"],
 }]
+# load_subconfig merges this file's own config over the main one, and a list is replaced, not
+# extended: the main config's roles are gone from `_roles` here, so define the Fence admins'
+# again (tests/unit/test_local_and_dev.py checks that `gen3-workspace up` defines it).
+from gen3workspace.hub.auth import add_fence_admin_role
+add_fence_admin_role(c)
 c.Authenticator.auth_refresh_age = 1
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120

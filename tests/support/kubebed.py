@@ -10,6 +10,8 @@ kubelet for the pods a test cares about. What that means for tests:
   about). It rejects pods whose service account does not exist, and no controller
   creates ``default`` service accounts here, so :meth:`KubeBed.create_namespace` creates
   the namespace *and* its ``default`` ServiceAccount. Create namespaces through it.
+* Pod Security admission is on (as in every cluster since 1.25): a namespace labelled
+  ``pod-security.kubernetes.io/enforce`` refuses pods that break its profile.
 * StorageObjectInUseProtection is off: it adds a finalizer to every PVC that only the
   (absent) PVC-protection controller removes, so deleting a PVC would hang forever.
 * No garbage collector and no namespace controller: owner references do not cascade
@@ -439,6 +441,12 @@ class KubeBed:
                 f"--api-audiences={SERVICE_ACCOUNT_ISSUER}",
                 "--authorization-mode=Node,RBAC",
                 "--disable-admission-plugins=StorageObjectInUseProtection",
+                # On by default since 1.25; named so a changed default cannot silently turn off
+                # the users' namespace's Pod Security checks the chart tests rely on.
+                "--enable-admission-plugins=PodSecurity",
+                # As in real clusters (CNI and storage DaemonSets need it): only Pod Security
+                # admission stands between a namespace and a privileged pod, as it does there.
+                "--allow-privileged=true",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 # Flow control only adds bootstrap work at start-up; the tests make no load.
                 "--enable-priority-and-fairness=false",
@@ -591,6 +599,10 @@ class KubeBed:
         """create_namespace() for code without an event loop (sync tests, fixtures)."""
         self._create_sync("/api/v1/namespaces", {"metadata": {"name": name, "labels": labels or {}}})
         self._create_sync(f"/api/v1/namespaces/{name}/serviceaccounts", {"metadata": {"name": "default"}})
+
+    def create_service_account_sync(self, namespace: str, name: str = "default") -> None:
+        """Create ServiceAccount `namespace/name` if missing (what the absent service-account controller would do)."""
+        self._create_sync(f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": name}})
 
     def service_account_token_sync(
         self, namespace: str, sa: str, audiences: Sequence[str] | None = None, *, expiration_seconds: int = 3600

@@ -61,3 +61,18 @@ def test_refresh_pre_spawn_stays_off(caplog) -> None:
     auth = Gen3OAuthenticator(commons_url="https://data.example.org", refresh_pre_spawn=True)
     assert auth.refresh_pre_spawn is False
     assert "refresh_pre_spawn is ignored" in caplog.text
+
+
+def test_the_embedded_hub_defines_the_fence_admin_role_only_with_fence_login(tmp_path) -> None:
+    from traitlets.config import Config
+
+    from gen3workspace.hub.auth import FENCE_ADMIN_GROUP, FENCE_ADMIN_ROLE
+    from gen3workspace.hub.local import LocalSettings, configure
+
+    c = Config()
+    configure(c, LocalSettings(data_dir=str(tmp_path), commons_url="https://data.example.org", client_id="ws"))
+    (role,) = [r for r in c.JupyterHub.load_roles if r["name"] == FENCE_ADMIN_ROLE]
+    assert role["groups"] == [FENCE_ADMIN_GROUP] and "access:servers" not in role["scopes"]
+    dev = Config()
+    configure(dev, LocalSettings(data_dir=str(tmp_path)))
+    assert "load_roles" not in dev.JupyterHub

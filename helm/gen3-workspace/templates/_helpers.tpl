@@ -44,8 +44,33 @@ component: singleuser-server
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/*
+Users' servers, drives and key Secrets live in a namespace of their own, never in the release
+namespace next to the commons: the hub's Role there can create pods and read Secrets.
+*/}}
 {{- define "gen3ws.userNamespace" -}}
-{{- .Values.spawner.namespace | default .Release.Namespace -}}
+{{- .Values.spawner.namespace | default (printf "%s-workspace-users" .Release.Namespace) -}}
+{{- end -}}
+
+{{/*
+Addresses that are not the public internet: "this network", private, shared (CGNAT, where
+some clouds put their metadata service), loopback, link-local (the cloud metadata services),
+IETF protocol assignments, benchmarking, multicast and reserved; for IPv6 the unspecified and
+loopback addresses, the local-use NAT64 prefix, unique-local, link-local, site-local and
+multicast. squid refuses them and the egress proxy's NetworkPolicy leaves them out, unless an
+operator lists an internal destination. tests/helm/test_chart.py checks every range against
+Python's ipaddress.is_global.
+*/}}
+{{- define "gen3ws.nonPublicV4" -}}
+0.0.0.0/8 10.0.0.0/8 100.64.0.0/10 127.0.0.0/8 169.254.0.0/16 172.16.0.0/12 192.0.0.0/24 192.168.0.0/16 198.18.0.0/15 224.0.0.0/3
+{{- end -}}
+{{- define "gen3ws.nonPublicV6" -}}
+::/128 ::1/128 64:ff9b:1::/48 fc00::/7 fe80::/10 fec0::/10 ff00::/8
+{{- end -}}
+
+{{/* The cloud metadata addresses (AWS, GCP, Azure: v4; AWS Nitro: v6), refused even when an operator lists a range that holds them. */}}
+{{- define "gen3ws.metadataAddresses" -}}
+169.254.169.254/32 fd00:ec2::254/128
 {{- end -}}
 
 {{- define "gen3ws.commonsUrl" -}}
@@ -75,6 +100,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "gen3ws.egressService" -}}{{ include "gen3ws.fullname" . }}-egress{{- end -}}
 {{- define "gen3ws.hubSecret" -}}{{ include "gen3ws.fullname" . }}-hub{{- end -}}
 
+{{- define "gen3ws.squidImage" -}}
+{{- $i := .Values.egressProxy.image -}}
+{{- printf "%s:%s@%s" $i.repository $i.tag $i.digest -}}
+{{- end -}}
+
 {{/* Namespaced names: users' servers may live in another namespace than the hub. */}}
 {{- define "gen3ws.hubConnectUrl" -}}
 {{- printf "http://%s.%s.svc:8081" (include "gen3ws.hubService" .) .Release.Namespace -}}
@@ -91,6 +121,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The hardened container securityContext every container of the chart gets. */}}
 {{- define "gen3ws.containerSecurityContext" -}}
 runAsNonRoot: true
+# Nothing of the chart writes to its image; what a process must write goes to an emptyDir.
+readOnlyRootFilesystem: true
 runAsUser: {{ .runAsUser }}
 runAsGroup: {{ .runAsGroup }}
 allowPrivilegeEscalation: false
@@ -132,6 +164,13 @@ hub Deployment so every render runs it.
 {{- if not (has .Values.flavors.default $names) -}}
 {{- fail (printf "flavors.default: no flavor is named %q (flavors: %s)" .Values.flavors.default (join ", " $names)) -}}
 {{- end -}}
+{{- $userNs := include "gen3ws.userNamespace" . -}}
+{{- if eq $userNs .Release.Namespace -}}
+{{- fail (printf "spawner.namespace: users' servers may not live in the release namespace %q: the hub's Role there could read every Secret of the commons and start pods with its ServiceAccounts. Leave spawner.namespace empty (%s-workspace-users) or name a namespace of their own" .Release.Namespace .Release.Namespace) -}}
+{{- end -}}
+{{- if gt (len $userNs) 63 -}}
+{{- fail (printf "spawner.namespace: %q is longer than the 63 characters a namespace name may have; set spawner.namespace to a shorter name" $userNs) -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -152,18 +191,20 @@ addresses exactly when their integer division by the block size is equal.
 {{- end -}}
 
 {{/*
-NetworkPolicy peers (a list) with the metadata address cut out of every ipBlock that
-contains it; a /32 of the metadata address itself is refused.
+NetworkPolicy peers with the metadata address cut out of every ipBlock that contains it; a
+/32 of the metadata address itself is refused, naming the values key.
+Usage: include "gen3ws.safePeers" (dict "peers" $list "key" "networkPolicy.notebook.allowedInternal")
 */}}
 {{- define "gen3ws.safePeers" -}}
+{{- $key := .key -}}
 {{- $peers := list -}}
-{{- range . -}}
+{{- range .peers -}}
 {{- $peer := deepCopy . -}}
 {{- if .ipBlock -}}
 {{- $except := .ipBlock.except | default list -}}
 {{- if include "gen3ws.cidrHasMetadata" .ipBlock.cidr -}}
 {{- if hasSuffix "/32" .ipBlock.cidr -}}
-{{- fail (printf "networkPolicy.notebook.allowedInternal: the ipBlock %s is the cloud metadata address, which users' servers may never reach" .ipBlock.cidr) -}}
+{{- fail (printf "%s: the ipBlock %s is the cloud metadata address, which may never be reached" $key .ipBlock.cidr) -}}
 {{- end -}}
 {{- if not (has "169.254.169.254/32" $except) -}}
 {{- $except = append $except "169.254.169.254/32" -}}

@@ -15,23 +15,37 @@ acl SSL_ports port {{ join " " $e.sslPorts }}
 acl Safe_ports port {{ join " " $e.safePorts }}
 # -n: never match an IP address by its reverse DNS name; a bare IP is simply not whitelisted.
 acl whitelist dstdomain -n "{{ include "gen3ws.egressMountPath" . }}/whitelist.txt"
-# The cloud metadata service hands out node credentials: never reachable, whatever a
-# whitelisted name resolves to.
-acl blocked_destinations dst 169.254.169.254/32 fd00:ec2::254/128 {{ join " " $e.deniedDestinations }}
+# The cloud metadata services hand out node credentials: never reachable, whatever a
+# whitelisted name resolves to and whatever an operator lists as internal.
+acl metadata dst {{ include "gen3ws.metadataAddresses" . }}
+# Everything that is not the public internet (private, shared, loopback, link-local, ...), and
+# egressProxy.deniedDestinations: a whitelisted name that resolves there (a DNS record pointing
+# into the commons, DNS rebinding) is refused before squid connects. dst matches when any of
+# the name's addresses is listed.
+acl blocked_destinations dst {{ include "gen3ws.nonPublicV4" . }} {{ include "gen3ws.nonPublicV6" . }}{{ range $e.deniedDestinations }} {{ . }}{{ end }}
+{{- with $e.internalDestinations }}
+# Internal addresses the operator allows for whitelisted names (egressProxy.internalDestinations).
+acl internal_destinations dst {{ join " " . }}
+{{- end }}
 
 http_access deny !Safe_ports
 http_access deny CONNECT !SSL_ports
 http_access deny manager
 http_access deny !workspace_clients
 http_access deny !whitelist
+http_access deny metadata
+{{- if $e.internalDestinations }}
+http_access deny blocked_destinations !internal_destinations
+{{- else }}
 http_access deny blocked_destinations
+{{- end }}
 http_access allow whitelist
 http_access deny all
 
 # A filter, not a cache: nothing is stored, so users never see each other's downloads.
 cache deny all
 cache_mem 0 MB
-# Nothing is written to the container's file system (it runs as a non-root user).
+# Nothing is written to the container's file system: it is read-only, and squid is not root.
 pid_filename none
 netdb_filename none
 access_log stdio:/dev/stdout
@@ -40,8 +54,9 @@ logfile_rotate 0
 pinger_enable off
 # Container runtimes often allow ~1M open files, and squid sizes its tables by that limit.
 max_filedescriptors 16384
-# Do not tell outside servers the addresses of users' pods.
+# Do not tell outside servers the addresses of users' pods, nor that a proxy is in between.
 forwarded_for delete
+via off
 httpd_suppress_version_string on
 shutdown_lifetime 5 seconds
 {{- end -}}

@@ -18,6 +18,7 @@
     "callbackUrl" (include "gen3ws.callbackUrl" .)
     "workspace" .Values.auth.workspace
     "adminGroups" .Values.auth.adminGroups
+    "fenceAdmins" .Values.auth.fenceAdmins
     "authzGroups" .Values.auth.authzGroups
     "logoutRedirectUrl" .Values.auth.logoutRedirectUrl)
   "spawner" (dict
