@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gen3workspace.hub.launcher import configure_portal
 from gen3workspace.hub.pages import configure_pages
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -99,6 +98,9 @@ def configure(c: Any, settings: LocalSettings) -> None:
 
     csp = csp_header(settings.frame_ancestors)
     c.JupyterHub.tornado_settings = {"headers": {"Content-Security-Policy": csp}}
+    # Imported here: the CLI loads this module and must start without importing JupyterHub.
+    from gen3workspace.hub.launcher import configure_portal
+
     configure_portal(c, settings.launcher_prefix)
 
     c.JupyterHub.spawner_class = "gen3-local"

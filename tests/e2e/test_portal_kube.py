@@ -55,7 +55,8 @@ def commons_on_kube(kube_bed: KubeBed, fence: FenceStandIn, kubelet_thread_facto
     # The notebook image installs spawner/singleuser/jupyter_server_config.py (frame
     # ancestors, idle shutdown); the harness runs this venv's server, so point it there.
     singleuser_config = str(REPO / "spawner" / "singleuser")
-    kubelet = kubelet_thread_factory(ns, env_hook=lambda pod, env: env.__setitem__("JUPYTER_CONFIG_PATH", singleuser_config))
+    # Users' pods live in the chart's users' namespace.
+    kubelet = kubelet_thread_factory(yaml.safe_load(config)["spawner"]["namespace"], env_hook=lambda pod, env: env.__setitem__("JUPYTER_CONFIG_PATH", singleuser_config))
     kubeconfig = hub_kubeconfig(kube_bed, ns, tmp_path / "hub-kubeconfig")
     base = yaml.safe_load(config)["hub"]["baseUrl"]
     hub = ChartHub(tmp_path, fence, kubeconfig, config, flavors, base_url=base).start()
