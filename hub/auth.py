@@ -12,11 +12,14 @@ from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLogoutHandler
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Bool, Dict, Integer, Unicode, default, validate
+from traitlets import Bool, Dict, Integer, TraitError, Unicode, default, validate
 
+from gen3workspace.hub import fenceanswers, logscrub
+from gen3workspace.hub.fenceanswers import FenceAnswerError
 from gen3workspace.hub.pages import leave_frame
 from gen3workspace.spawner.common import FENCE_MAX_CLIENTS
 from gen3workspace.spawner.flavors import has_permission
+from gen3workspace.spawner.grammar import GrammarError, check_url_base
 
 # What a Fence admin may do in the hub (admin_from_fence): the admin page, who is using the
 # workspace, and starting and stopping servers. Not JupyterHub's "admin" role, which also opens
@@ -57,7 +60,8 @@ def _fence_unreachable(e: BaseException) -> bool:
     """Connection failures, timeouts and 5xx: Fence is down, not the user's fault."""
     if isinstance(e, HTTPClientError):
         return e.code == 599 or e.code >= 500
-    return isinstance(e, (OSError, TimeoutError))
+    # An answer of the wrong shape is Fence misbehaving: like an outage, not the user's fault.
+    return isinstance(e, (OSError, TimeoutError, FenceAnswerError))
 
 
 class Gen3LogoutHandler(OAuthLogoutHandler):
@@ -89,7 +93,10 @@ class Gen3OAuthenticator(GenericOAuthenticator):
 
     @validate("commons_url")
     def _strip_commons_url(self, proposal: Any) -> str:
-        return proposal.value.rstrip("/")
+        try:
+            return check_url_base(proposal.value.rstrip("/"), "Gen3OAuthenticator.commons_url")
+        except GrammarError as e:
+            raise TraitError(str(e)) from None
 
     fence_url = Unicode(
         config=True,
@@ -213,6 +220,9 @@ class Gen3OAuthenticator(GenericOAuthenticator):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # Here, because the hub creates its authenticator after its log handlers and before
+        # the first request: from then on no hub line carries a code, state, token or key.
+        logscrub.install(self.log)
         if "credentials" not in self.scope:
             self.log.warning(
                 "Gen3OAuthenticator.scope %s lacks 'credentials': Fence will refuse to mint the users' API keys, "
@@ -324,17 +334,45 @@ class Gen3OAuthenticator(GenericOAuthenticator):
 
     # --- talking to Fence ------------------------------------------------------------
 
-    async def get_token_info(self, handler: Any, params: dict[str, Any]) -> dict[str, Any]:
+    async def fetch(self, req: Any, label: str = "fetching", parse_json: bool = True, **kwargs: Any) -> Any:
+        """One request to Fence: failures logged by status only (an answer can hold tokens), JSON checked to be JSON."""
         try:
-            token_info = await super().get_token_info(handler, params)
-        except web.HTTPError as e:
-            # Upstream puts the whole token response in this message; keep tokens out of pages and logs.
-            raise web.HTTPError(e.status_code, "Fence did not return a usable access token.") from None
-        return token_info
+            resp = await self.http_client.fetch(req, **kwargs)
+        except HTTPClientError as e:
+            self.log.error("Fence answered HTTP %s to %s %s (%s)", e.code, req.method, req.url.split("?")[0], label)
+            raise
+        if not parse_json:
+            return resp
+        return fenceanswers.decode_json(resp.body, label)
+
+    async def get_token_info(self, handler: Any, params: dict[str, Any]) -> dict[str, Any]:
+        # Not upstream's: it puts the whole token answer in its error message and takes any shape.
+        answer = await self.httpfetch(
+            self.token_url,
+            label="token",
+            method="POST",
+            headers=self.build_token_info_request_headers(),
+            body=urlencode(params).encode("utf-8"),
+            validate_cert=self.validate_server_cert,
+        )
+        if isinstance(answer, dict) and answer.get("error"):
+            self.log.warning("Fence refused the token request: %s", str(answer.get("error"))[:80])
+            raise web.HTTPError(403, "Fence did not return a usable access token.")
+        return fenceanswers.token_answer(answer)
+
+    async def token_to_user(self, token_info: dict[str, Any]) -> dict[str, Any]:
+        return fenceanswers.userinfo_answer(await super().token_to_user(token_info), str(self.username_claim))
 
     async def authenticate(self, handler: Any, data: Any = None, **kwargs: Any) -> dict[str, Any] | None:
         try:
             return await super().authenticate(handler, data, **kwargs)
+        except FenceAnswerError as e:
+            self.log.error("Fence gave an unusable answer during login: %s", e)
+            raise web.HTTPError(
+                502,
+                f"The commons' login service (Fence) gave an answer the workspace cannot use: {e}. "
+                "Please try again in a few minutes; if it keeps happening, tell the commons administrators.",
+            ) from None
         except Exception as e:
             if _fence_unreachable(e):
                 self.log.error("Fence at %s unreachable during login: %s", self.fence_url, e)

@@ -14,11 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from gen3workspace.hub.auth import add_fence_admin_role
 from gen3workspace.hub.launcher import configure_portal
 from gen3workspace.hub.pages import configure_pages
+from gen3workspace.spawner.grammar import GrammarError, check_csp_sources, check_url_base
+from gen3workspace.spawner.safeyaml import SafeYAMLError, read_yaml_file
 
 DEFAULT_CONFIG_PATH = "/usr/local/etc/gen3-workspace/config/config.yaml"
 DEFAULT_FLAVOR_FILE = "/usr/local/etc/gen3-workspace/flavors/flavors.yaml"
@@ -60,11 +60,10 @@ def load_config(config_path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read the chart-rendered config.yaml; a missing or broken file is a deployment bug, so fail loudly."""
     path = Path(config_path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ChartConfigError(f"{path}: cannot read the chart's hub config: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise ChartConfigError(f"{path}: not valid YAML: {e}") from None
+        # A ConfigMap holds at most 1 MiB.
+        data = read_yaml_file(path, "chart's hub config", max_bytes=1024 * 1024)
+    except SafeYAMLError as e:
+        raise ChartConfigError(str(e)) from None
     if not isinstance(data, dict):
         raise ChartConfigError(f"{path}: the chart's hub config must be a mapping")
     return data
@@ -154,7 +153,12 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
     # operator's to migrate deliberately (hub.config can turn this on).
     c.JupyterHub.upgrade_db = _get(cfg, "hub.db.type", "sqlite") != "external"
 
-    ancestors = " ".join(["'self'", *_get(cfg, "hub.frameAncestors", [])])
+    try:
+        frame_ancestors = check_csp_sources(list(_get(cfg, "hub.frameAncestors", [])), "hub.frameAncestors")
+        check_url_base(commons_url, "commons.url")
+    except GrammarError as e:
+        raise ChartConfigError(str(e)) from None
+    ancestors = " ".join(["'self'", *frame_ancestors])
     _merge(c.JupyterHub, {"tornado_settings": {"headers": {"Content-Security-Policy": f"frame-ancestors {ancestors}"}}})
 
     # The proxy runs as its own Deployment; the hub only talks to its API.
@@ -256,7 +260,7 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
     spawner.drive_storage_class = _get(cfg, "spawner.drive.storageClass") or None
     if _get(cfg, "spawner.drive.mountPath"):
         spawner.drive_mount_path = _get(cfg, "spawner.drive.mountPath")
-    spawner.frame_ancestors = list(_get(cfg, "hub.frameAncestors", []))
+    spawner.frame_ancestors = frame_ancestors
     # The chart's NetworkPolicies select users' pods by these labels; the hub's Role cannot
     # delete PVCs, so users' drives survive even a user's deletion.
     spawner.common_labels = {**KUBESPAWNER_COMMON_LABELS, **_get(cfg, "spawner.commonLabels", {})}

@@ -47,6 +47,25 @@ def is_loopback(ip: str) -> bool:
         return ip == "localhost"
 
 
+def _frame_ancestor(value: str) -> str:
+    """argparse type of --frame-ancestor: one CSP source, checked like the hub and the chart check it."""
+    from gen3workspace.spawner.grammar import GrammarError, check_csp_sources
+
+    try:
+        return check_csp_sources([value], "--frame-ancestor")[0]
+    except GrammarError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--frame-ancestor: ")) from None
+
+
+def _commons_url(value: str) -> str:
+    from gen3workspace.spawner.grammar import GrammarError, check_url_base
+
+    try:
+        return check_url_base(value.rstrip("/"), "--commons-url")
+    except GrammarError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--commons-url: ")) from None
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     data = Path(args.data_dir).absolute()
     data.mkdir(parents=True, exist_ok=True)
@@ -188,13 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ip", default="127.0.0.1", help="loopback address to listen on (the embedded mode is for one person on this machine)")
     up.add_argument("--port", type=int, default=8000, help="public port (default 8000)")
     up.add_argument("--base-url", default="/", help="URL prefix, e.g. /lw-workspace/ behind the data portal")
-    up.add_argument("--commons-url", help="Gen3 commons URL for Fence login, e.g. https://data.example.org")
+    up.add_argument("--commons-url", type=_commons_url, help="Gen3 commons URL for Fence login, e.g. https://data.example.org")
     up.add_argument("--commons-name", default="", help="name of the commons on the login page")
     up.add_argument("--commons-logo", default="", help="URL of the commons' logo, shown on every hub page")
     up.add_argument("--client-id", help="Fence OAuth client id (secret from GEN3_CLIENT_SECRET)")
     up.add_argument("--flavors", help="flavor catalogue YAML (default: the example catalogue)")
     up.add_argument("--launcher-prefix", default="/lw-workspace/", help="where the data portal's launcher API is served (the portal's WORKSPACE_URL; default /lw-workspace/)")
-    up.add_argument("--frame-ancestor", action="append", default=[], help="origin allowed to embed the hub (repeatable)")
+    up.add_argument("--frame-ancestor", action="append", default=[], type=_frame_ancestor, help="origin allowed to embed the hub (repeatable)")
     up.add_argument("--portal-url", help="where logout sends the user (the data portal)")
     up.add_argument("--egress-proxy", help="egress proxy URL given to users' servers as HTTP(S)_PROXY")
     up.add_argument("--no-proxy", action="append", default=[], help="extra NO_PROXY host (repeatable)")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gen3workspace.hub.pages import configure_pages
+from gen3workspace.spawner.grammar import check_csp_sources
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,7 +73,8 @@ def persistent_secret(path: Path, nbytes: int = 32) -> str:
 
 
 def csp_header(frame_ancestors: list[str]) -> str:
-    return "frame-ancestors " + " ".join(["'self'", *frame_ancestors])
+    # Checked again here: settings.json is a file someone could edit by hand.
+    return "frame-ancestors " + " ".join(["'self'", *check_csp_sources(frame_ancestors, "frame_ancestors")])
 
 
 def configure(c: Any, settings: LocalSettings) -> None:

@@ -23,7 +23,9 @@ from typing import Any, Union
 
 import yaml
 
+from gen3workspace.spawner import grammar
 from gen3workspace.spawner.flavors import catalogue_json_schema, default_catalogue_path
+from gen3workspace.spawner.safeyaml import read_yaml_file
 
 # The generators' shared helper sits beside them; they run as scripts and are loaded by path.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -75,21 +77,47 @@ MEMORY = copy.deepcopy(_FLAVOR_PROPS["memory"]["properties"]["limit"])
 
 STRING = {"type": "string"}
 BOOL = {"type": "boolean"}
+# Label keys and values have a Kubernetes grammar; the flavor schema wrote them down once.
 STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
+LABEL_MAP = {
+    "type": "object",
+    "propertyNames": grammar.string(grammar.LABEL_KEY, 317),
+    "additionalProperties": grammar.string(grammar.LABEL_VALUE, 63),
+}
+ENV_MAP = {
+    "type": "object",
+    "propertyNames": grammar.string(grammar.ENV_NAME, 255),
+    "additionalProperties": grammar.string(grammar.TEXT, 32768),
+}
 STRING_LIST = {"type": "array", "items": {"type": "string", "minLength": 1}}
 PULL_POLICY = {"enum": ["Always", "IfNotPresent", "Never"]}
-DNS_NAME = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-IPV4_CIDR = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3[0-2])$"
-ANY_CIDR = r"^(([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3[0-2])|[0-9a-fA-F:]+/[0-9]{1,3})$"
-PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+DNS_NAME = grammar.DNS_NAME_BODY
+IPV4_CIDR = grammar.IPV4_CIDR
+ANY_CIDR = grammar.ANY_CIDR
+PORT = grammar.PORT_SCHEMA
 # An OCI content digest as container runtimes accept it after '@'.
 DIGEST = r"^sha256:[a-f0-9]{64}$"
 # The squid image's digest, for egressProxy.image.tag. NOT checked against the registry (the
 # machines this chart is built on cannot reach one): the release process replaces it with the
 # digest the registry reports for the tag (docs/operator-guide.md, "Releasing the chart").
 SQUID_DIGEST = "sha256:6a097f68bae708cedbabd6188d68c7e2e7a38cedd05a176e1cc0ba29e3bbe029"
-# Squid port ACL entries: a port or an inclusive range "1025-65535".
-PORT_OR_RANGE = {"oneOf": [PORT, {"type": "string", "pattern": r"^[0-9]{1,5}-[0-9]{1,5}$"}]}
+# Squid port ACL entries: a port or an inclusive range "1025-65535" (first <= last: the chart's template checks).
+PORT_OR_RANGE = {"oneOf": [PORT, {"type": "string", "pattern": grammar.PORT_RANGE}]}
+CSP_SOURCES = {"type": "array", "items": grammar.string(grammar.CSP_SOURCE, 512)}
+NO_PROXY_LIST = {"type": "array", "items": grammar.string(grammar.NO_PROXY_ENTRY, 253)}
+# A whitelist entry must not be a public suffix (".com", ".co.uk"): it would open every site under it.
+# The exceptions of the list (e.g. www.ck under *.ck) are registrable names, so they pass.
+# Defined once in the schema ("definitions") and referenced: the list is long.
+NOT_PUBLIC_SUFFIX = {
+    "anyOf": [
+        {"not": {"pattern": grammar.public_suffix_pattern()}},
+        {"enum": [p + e for e in grammar.public_suffix_rules()[2] for p in ("", ".")]},
+    ],
+}
+_NOT_PUBLIC_REF = {"$ref": "#/definitions/notPublicSuffix"}
+DOMAIN = {**grammar.string(grammar.DOMAIN, 253), "allOf": [_NOT_PUBLIC_REF]}
+WILDCARD_DOMAIN = {**grammar.string(grammar.WILDCARD_DOMAIN, 254), "allOf": [_NOT_PUBLIC_REF]}
+COMMONS_URL = grammar.string(grammar.COMMONS_URL, 300)
 
 
 def quantities(what: str) -> dict[str, Any]:
@@ -116,7 +144,7 @@ LABEL_SELECTOR = {
     "additionalProperties": False,
     "description": "A Kubernetes label selector.",
     "properties": {
-        "matchLabels": {**STRING_MAP, "description": "Labels that must all match."},
+        "matchLabels": {**LABEL_MAP, "description": "Labels that must all match."},
         "matchExpressions": {
             "type": "array",
             "description": "Set-based requirements, all of which must match.",
@@ -125,9 +153,9 @@ LABEL_SELECTOR = {
                 "additionalProperties": False,
                 "required": ["key", "operator"],
                 "properties": {
-                    "key": {"type": "string"},
+                    "key": grammar.string(grammar.LABEL_KEY, 317),
                     "operator": {"enum": ["In", "NotIn", "Exists", "DoesNotExist"]},
-                    "values": {"type": "array", "items": {"type": "string"}},
+                    "values": {"type": "array", "items": grammar.string(grammar.LABEL_VALUE, 63)},
                 },
             },
         },
@@ -169,7 +197,7 @@ NETPOL_PORTS = {
         "additionalProperties": False,
         "required": ["port"],
         "properties": {
-            "port": {"oneOf": [PORT, {"type": "string", "minLength": 1}]},
+            "port": {"oneOf": [PORT, {"type": "string", "pattern": grammar.PORT_NAME}]},
             "endPort": PORT,
             "protocol": {"enum": ["TCP", "UDP", "SCTP"]},
         },
@@ -232,7 +260,7 @@ def security(uid: int, what: str, gid: int | None = None, fs_group: bool = False
 
 def placement(what: str) -> dict[str, Node]:
     return {
-        "nodeSelector": Leaf(STRING_MAP, {}, f"Node labels the {what} pods must be placed on."),
+        "nodeSelector": Leaf(LABEL_MAP, {}, f"Node labels the {what} pods must be placed on."),
         "tolerations": Leaf(TOLERATIONS, [], f"Tolerations of the {what} pods (Kubernetes toleration objects)."),
     }
 
@@ -260,8 +288,7 @@ DEFAULT_DOMAINS = ["cran.rstudio.com", "storage.googleapis.com"]
 
 def _default_flavors() -> dict[str, Any]:
     # Loaded, never copied by hand: the chart's default catalogue is the shipped example.
-    with open(default_catalogue_path(), encoding="utf-8") as f:
-        return yaml.safe_load(f)
+    return read_yaml_file(default_catalogue_path(), "flavor catalogue")
 
 
 VALUES = Group(
@@ -280,7 +307,7 @@ VALUES = Group(
             "The Gen3 data commons this workspace belongs to.",
             {
                 "url": Leaf(
-                    {"type": "string", "pattern": r"^(https?://[^/\s]+/?)?$"},
+                    COMMONS_URL,
                     "",
                     "Required. Public URL of the commons, e.g. https://data.mycommons.org (Fence lives at <url>/user). Users' servers get it as GEN3_ENDPOINT.",
                 ),
@@ -360,7 +387,7 @@ VALUES = Group(
                     "OAuth callback URL registered in Fence. Empty: https://<hub.host><hub.baseUrl>hub/oauth_callback.",
                 ),
                 "frameAncestors": Leaf(
-                    STRING_LIST,
+                    CSP_SOURCES,
                     [],
                     "Extra origins allowed to show the workspace in a frame (CSP frame-ancestors); 'self' and the commons URL are always allowed.",
                 ),
@@ -397,7 +424,7 @@ VALUES = Group(
                 "resources": resources({"requests": {"cpu": "200m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}, "hub"),
                 **placement("hub"),
                 "securityContext": security(1000, "hub", gid=100, fs_group=True, note=" 1000:100 is the hub image's own user."),
-                "extraEnv": Leaf(STRING_MAP, {}, "Extra environment variables of the hub container."),
+                "extraEnv": Leaf(ENV_MAP, {}, "Extra environment variables of the hub container."),
                 "config": Leaf(
                     {"type": "object", "additionalProperties": {"type": "object"}},
                     {},
@@ -462,7 +489,7 @@ VALUES = Group(
                     "",
                     "HTTP(S)_PROXY of users' servers. Empty: the chart's egress proxy when egressProxy.enabled, else no proxy. Allow its pods in networkPolicy.notebook.allowedInternal if it runs elsewhere.",
                 ),
-                "noProxy": Leaf(STRING_LIST, [], "Extra host names or domains users' servers reach directly, not through the egress proxy (the hub, .svc, .cluster.local and localhost always are)."),
+                "noProxy": Leaf(NO_PROXY_LIST, [], "Extra host names or domains users' servers reach directly, not through the egress proxy (the hub, .svc, .cluster.local and localhost always are)."),
                 "drive": Group(
                     "Each user's persistent drive: one PersistentVolumeClaim per user, kept when servers stop and when the chart is uninstalled.",
                     {
@@ -490,12 +517,12 @@ VALUES = Group(
                     "Domains users' servers may reach. Everything else is refused.",
                     {
                         "domains": Leaf(
-                            {"type": "array", "items": {"type": "string", "pattern": f"^{DNS_NAME}$"}},
+                            {"type": "array", "items": DOMAIN},
                             DEFAULT_DOMAINS,
                             "Exact host names, e.g. cran.rstudio.com (its subdomains are not included).",
                         ),
                         "wildcardDomains": Leaf(
-                            {"type": "array", "items": {"type": "string", "pattern": f"^\\.{DNS_NAME}$"}},
+                            {"type": "array", "items": WILDCARD_DOMAIN},
                             DEFAULT_WILDCARDS,
                             "Domains with a leading dot, e.g. .pypi.org: the domain itself and every subdomain.",
                         ),
@@ -614,6 +641,7 @@ def to_schema(node: Node) -> dict[str, Any]:
 def build_schema() -> dict[str, Any]:
     schema = {"$schema": DRAFT, "title": "gen3-workspace chart values"}
     schema.update(to_schema(VALUES))
+    schema["definitions"] = {"notPublicSuffix": NOT_PUBLIC_SUFFIX}
     return schema
 
 

@@ -17,7 +17,10 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
+from gen3workspace.hub.fenceanswers import FenceAnswerError, api_key_answer
+
 from .flavors import Catalogue, CatalogueError, Flavor, default_catalogue_path, format_memory, shared_watcher, user_may_launch
+from .grammar import GrammarError, check_csp_sources, check_no_proxy, check_url_base, short
 
 _templates = Environment(
     loader=FileSystemLoader(str(Path(__file__).with_name("templates"))),
@@ -88,7 +91,10 @@ class Gen3SpawnerMixin(LoggingConfigurable):
 
     @validate("commons_url")
     def _strip(self, proposal: Any) -> str:
-        return proposal.value.rstrip("/")
+        try:
+            return check_url_base(proposal.value.rstrip("/"), f"{type(self).__name__}.commons_url")
+        except GrammarError as e:
+            raise TraitError(str(e)) from None
 
     egress_proxy = Unicode(
         "",
@@ -148,6 +154,20 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         help="""Origins (e.g. the data portal, https://data.example.org) allowed to embed the user's
         server in a frame; passed as GEN3_FRAME_ANCESTORS to the server's Content-Security-Policy.""",
     )
+    @validate("no_proxy")
+    def _check_no_proxy(self, proposal: Any) -> list[str]:
+        try:
+            return check_no_proxy(proposal.value, f"{type(self).__name__}.no_proxy")
+        except GrammarError as e:
+            raise TraitError(str(e)) from None
+
+    @validate("frame_ancestors")
+    def _check_frame_ancestors(self, proposal: Any) -> list[str]:
+        try:
+            return check_csp_sources(proposal.value, f"{type(self).__name__}.frame_ancestors")
+        except GrammarError as e:
+            raise TraitError(str(e)) from None
+
     workspace_namespace = Unicode(
         config=True,
         help="Value of NAMESPACE in the user's server (the commons' namespace, used by the Gen3 SDK). Default: the spawner's namespace or 'default'.",
@@ -241,7 +261,8 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         flavor = catalogue.get(requested)
         if flavor is None:
             names = ", ".join(f.name for f in await self.allowed_flavors())
-            raise FlavorError(400, f"There is no flavor called {requested!r}. Flavors you can launch: {names or 'none'}.")
+            # Cut: the name is whatever the request carried, possibly a megabyte of it.
+            raise FlavorError(400, f"There is no flavor called {short(requested, 80)}. Flavors you can launch: {names or 'none'}.")
         groups, authz = await self.user_context()
         service, method = self._perm()
         if not user_may_launch(flavor, groups, authz, service, method):
@@ -386,8 +407,16 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         if scope is not None and "credentials" not in scope:
             self.log.error("Cannot mint an API key for %s: the access token lacks the 'credentials' scope (token scopes: %s)", self.user.name, " ".join(scope))
             raise FlavorError(403, self.MISSING_CREDENTIALS_SCOPE)
+        request = asyncio.ensure_future(
+            self._fence("POST", f"/credentials/api/?expires_in={int(self.api_key_lifetime)}", token, {"scope": list(self.api_key_scopes)})
+        )
         try:
-            key = await self._fence("POST", f"/credentials/api/?expires_in={int(self.api_key_lifetime)}", token, {"scope": list(self.api_key_scopes)})
+            # Shielded: when the spawn is cancelled (start timeout) while Fence mints, the
+            # request still completes and the key it brings is revoked, never left behind.
+            key = await asyncio.shield(request)
+        except asyncio.CancelledError:
+            request.add_done_callback(self._revoke_late_key)
+            raise
         except HTTPClientError as e:
             self.log.error("Fence refused an API key for %s: HTTP %s", self.user.name, e.code)
             raise web.HTTPError(
@@ -397,11 +426,40 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         except OSError as e:
             self.log.error("Fence unreachable while minting an API key for %s: %s", self.user.name, e)
             raise web.HTTPError(503, "The commons' Fence service is not answering, so your workspace cannot get Gen3 credentials. Try again in a few minutes.") from None
-        if not isinstance(key, dict) or not key.get("api_key") or not key.get("key_id"):
-            raise web.HTTPError(502, "Fence answered the API key request without a key.")
+        try:
+            key = api_key_answer(key)
+        except FenceAnswerError as e:
+            self.log.error("Unusable API key answer from Fence for %s: %s", self.user.name, e)
+            raise web.HTTPError(502, f"{e}, so your workspace cannot get Gen3 credentials. Try again in a few minutes.") from None
         self._api_key_id = key["key_id"]
         self.log.info("Issued Fence API key %s for %s", key["key_id"], self.user.name)
         return {"key_id": key["key_id"], "api_key": key["api_key"]}
+
+    _late_revocations: set[asyncio.Task[None]] = set()
+
+    def _revoke_late_key(self, request: asyncio.Future[Any]) -> None:
+        """A key that arrived after its spawn was cancelled: revoke it with itself."""
+        if request.cancelled() or request.exception() is not None:
+            return
+        try:
+            key = api_key_answer(request.result())
+        except FenceAnswerError:
+            return
+        self.log.warning("Fence API key %s of %s arrived after its spawn was cancelled; revoking it", key["key_id"], self.user.name)
+
+        async def revoke() -> None:
+            try:
+                await self._delete_key(key["key_id"])
+                self.log.info("Revoked Fence API key %s of %s", key["key_id"], self.user.name)
+            except Exception as e:
+                detail = f"HTTP {e.code}" if isinstance(e, HTTPClientError) else type(e).__name__
+                self.log.warning("Could not revoke the late Fence API key %s of %s (%s); will retry at the next start or stop.", key["key_id"], self.user.name, detail)
+                self._pending_revocations = (*self._pending_revocations, key["key_id"])
+
+        # Kept referenced until done: the event loop holds tasks only weakly.
+        task = asyncio.ensure_future(revoke())
+        self._late_revocations.add(task)
+        task.add_done_callback(self._late_revocations.discard)
 
     async def revoke_api_key(self) -> None:
         """Revoke this server's key and any earlier ones whose revocation failed.

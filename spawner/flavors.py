@@ -6,36 +6,27 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import jsonschema
-import yaml
 
-# Kubernetes quantities, restricted to what makes sense for a flavor. Written once here and
-# embedded in the JSON Schema so the Helm chart rejects the same strings the hub does.
-CPU_PATTERN = r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$"
-MEMORY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$"
-NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+from . import grammar
+from .grammar import CPU_SCHEMA as _CPU_SCHEMA
+from .grammar import MEMORY_SCHEMA as _MEMORY_SCHEMA
+from .grammar import short
+from .safeyaml import SafeYAMLError, parse_yaml_bytes, read_bounded
+
+# Kept under their old names; the grammars themselves live in grammar.py, written once.
+CPU_PATTERN = grammar.CPU
+MEMORY_PATTERN = grammar.MEMORY
+NAME_PATTERN = grammar.NAME
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 _DECIMAL = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-
-_CPU_SCHEMA: dict[str, Any] = {
-    "description": "CPU cores: a positive number (0.5, 2) or millicores ('500m').",
-    "oneOf": [
-        {"type": "number", "exclusiveMinimum": 0},
-        {"type": "string", "pattern": CPU_PATTERN},
-    ],
-}
-_MEMORY_SCHEMA: dict[str, Any] = {
-    "description": "Memory as a Kubernetes quantity without spaces: '512Mi', '4Gi', '1G'.",
-    "type": "string",
-    "pattern": MEMORY_PATTERN,
-}
 
 
 def _resource(item: dict[str, Any], what: str) -> dict[str, Any]:
@@ -56,57 +47,67 @@ FLAVOR_SCHEMA: dict[str, Any] = {
     "required": ["name", "image", "cpu", "memory"],
     "properties": {
         "name": {
-            "type": "string",
-            "pattern": NAME_PATTERN,
+            **grammar.string(grammar.NAME, 63),
             "description": "Stable identifier (a DNS label). Users' requests name this; "
             "keep it when you change anything else about the flavor.",
         },
-        "display_name": {"type": "string", "minLength": 1, "description": "Title on the flavor page (default: the name)."},
-        "description": {"type": "string", "description": "One or two sentences for the flavor page."},
-        "image": {"type": "string", "minLength": 1, "description": "Container image of the user's server, with a tag."},
+        "display_name": {
+            **grammar.string(grammar.TEXT_LINE, 100, minLength=1),
+            "description": "Title on the flavor page (default: the name).",
+        },
+        "description": {**grammar.string(grammar.TEXT, 2000), "description": "One or two sentences for the flavor page."},
+        "image": {
+            **grammar.string(grammar.IMAGE, 512, minLength=1),
+            "description": "Container image of the user's server, with a tag: an OCI reference such as "
+            "quay.io/org/notebook:1.0 (optionally @sha256:...).",
+        },
         "cpu": _resource(_CPU_SCHEMA, "CPU cores"),
         "memory": _resource(_MEMORY_SCHEMA, "Memory"),
-        "gpu": {"type": "integer", "minimum": 0, "description": "Number of GPUs (default 0)."},
+        "gpu": {"type": "integer", "minimum": 0, "maximum": 64, "description": "Number of GPUs (default 0)."},
         "gpu_resource": {
-            "type": "string",
-            "minLength": 1,
+            **grammar.string(grammar.RESOURCE_NAME, 317),
             "description": "Extended resource name the GPUs are requested as (default nvidia.com/gpu).",
         },
         "node_selector": {
             "type": "object",
-            "additionalProperties": {"type": "string"},
-            "description": "Node labels the server must be placed on.",
+            "maxProperties": 32,
+            "propertyNames": grammar.string(grammar.LABEL_KEY, 317),
+            "additionalProperties": grammar.string(grammar.LABEL_VALUE, 63),
+            "description": "Node labels the server must be placed on (Kubernetes label keys and values).",
         },
         "tolerations": {
             "type": "array",
+            "maxItems": 32,
             "description": "Kubernetes tolerations, e.g. for tainted GPU nodes.",
             "items": {
                 "type": "object",
                 "additionalProperties": False,
                 "properties": {
-                    "key": {"type": "string"},
+                    "key": grammar.string(grammar.LABEL_KEY, 317),
                     "operator": {"enum": ["Exists", "Equal"]},
-                    "value": {"type": "string"},
+                    "value": grammar.string(grammar.LABEL_VALUE, 63),
                     "effect": {"enum": ["NoSchedule", "PreferNoSchedule", "NoExecute"]},
-                    "tolerationSeconds": {"type": "integer"},
+                    "tolerationSeconds": {"type": "integer", "minimum": 0, "maximum": 31536000},
                 },
             },
         },
         "env": {
             "type": "object",
-            "additionalProperties": {"type": "string"},
-            "description": "Extra environment variables for the server. Gen3 and proxy variables "
-            "set by the workspace take precedence.",
+            "maxProperties": 128,
+            "propertyNames": grammar.string(grammar.ENV_NAME, 255),
+            "additionalProperties": grammar.string(grammar.TEXT, 32768),
+            "description": "Extra environment variables for the server (names: letters, digits and _, "
+            "not starting with a digit). Gen3 and proxy variables set by the workspace take precedence.",
         },
         "allowed_groups": {
             "type": "array",
-            "items": {"type": "string", "minLength": 1},
+            "maxItems": 256,
+            "items": grammar.string(grammar.TEXT_LINE, 256, minLength=1),
             "description": "Only members of one of these groups (synced from Fence) may launch it. "
             "Empty or absent: every user with workspace access.",
         },
         "authz_resource": {
-            "type": "string",
-            "pattern": "^/",
+            **grammar.string(grammar.AUTHZ_RESOURCE, 512),
             "description": "Fence authz resource path the user must hold the workspace "
             "permission on (in addition to allowed_groups), e.g. /workspace-flavors/gpu. Not under "
             "/workspace: arborist grants every subresource of /workspace to whoever holds it.",
@@ -121,8 +122,8 @@ CATALOGUE_SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "required": ["default", "flavors"],
     "properties": {
-        "default": {"type": "string", "description": "Name of the flavor preselected on the flavor page."},
-        "flavors": {"type": "array", "minItems": 1, "items": FLAVOR_SCHEMA, "description": "The flavors on offer."},
+        "default": {**grammar.string(grammar.NAME, 63), "description": "Name of the flavor preselected on the flavor page."},
+        "flavors": {"type": "array", "minItems": 1, "maxItems": 200, "items": FLAVOR_SCHEMA, "description": "The flavors on offer."},
     },
 }
 
@@ -137,19 +138,20 @@ class CatalogueError(ValueError):
 
 
 def parse_quantity(value: str | int | float, kind: str) -> float:
-    """Kubernetes quantity → cores (kind='cpu') or bytes (kind='memory')."""
+    """Kubernetes quantity → cores (kind='cpu') or bytes (kind='memory'); always finite and above 0."""
     if kind == "cpu":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not (math.isfinite(value) and 0 < value <= 999999):
+                raise ValueError(f"{short(value)} is not a CPU quantity above 0")
             return float(value)
+        if not grammar.matches(CPU_PATTERN, value):
+            raise ValueError(f"{short(value)} is not a CPU quantity above 0")
         s = str(value)
-        if not re.match(CPU_PATTERN, s):
-            raise ValueError(f"{value!r} is not a CPU quantity")
         return int(s[:-1]) / 1000 if s.endswith("m") else float(s)
+    if not grammar.matches(MEMORY_PATTERN, value):
+        raise ValueError(f"{short(value)} is not a memory quantity above 0")
     s = str(value)
-    m = re.match(MEMORY_PATTERN, s)
-    if not m:
-        raise ValueError(f"{value!r} is not a memory quantity")
-    suffix = m.group(2) or ""
+    suffix = s.lstrip("0123456789.")
     number = float(s[: len(s) - len(suffix)])
     return number * (_BINARY.get(suffix) or _DECIMAL.get(suffix) or 1)
 
@@ -241,27 +243,68 @@ def _where(path: Iterable[Any], data: Mapping[str, Any]) -> str:
         flavors = data.get("flavors") or []
         item = flavors[parts[1]] if parts[1] < len(flavors) else {}
         name = item.get("name") if isinstance(item, dict) else None
-        label = f'flavor "{name}"' if name else f"flavor #{parts[1] + 1}"
-        rest = ".".join(str(p) for p in parts[2:])
+        label = _flavor_label(name, parts[1])
+        rest = ".".join(short(p, 60) if not isinstance(p, (str, int)) else str(p)[:60] for p in parts[2:])
         return f"{label}, field '{rest}'" if rest else label
-    return f"field '{'.'.join(str(p) for p in parts)}'" if parts else "top level"
+    return f"field '{'.'.join(str(p)[:60] for p in parts)}'" if parts else "top level"
+
+
+def _flavor_label(name: Any, index: int) -> str:
+    if isinstance(name, str) and grammar.matches(NAME_PATTERN, name):
+        return f'flavor "{name}"'
+    return f"flavor #{index + 1}" + (f" ({short(name, 40)})" if name is not None else "")
+
+
+def _message(err: jsonschema.ValidationError) -> str:
+    """One short line per schema error; never the whole offending value."""
+    kind, instance, schema = err.validator, err.instance, err.schema
+    hint = grammar.hint(schema) or schema.get("description")
+    if kind == "additionalProperties":
+        extra = sorted(str(k) for k in instance if k not in (schema.get("properties") or {}))
+        return "unknown key(s): " + ", ".join(short(k, 40) for k in extra[:5]) + (" …" if len(extra) > 5 else "")
+    if kind == "required":
+        return err.message
+    if "propertyNames" in err.schema_path:
+        return f"the key {short(instance, 60)} is not valid here ({hint or 'see the flavor reference'})"
+    if kind in ("maxLength", "maxItems", "maxProperties"):
+        return f"too long (at most {err.validator_value})"
+    if kind == "oneOf" and isinstance(instance, (str, int, float)) and not isinstance(instance, bool):
+        return f"{short(instance, 60)} is not valid here ({_CPU_SCHEMA['description'] if schema.get('oneOf') == _CPU_SCHEMA['oneOf'] else hint})"
+    if kind in ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "minLength", "minItems", "pattern", "oneOf"):
+        expected = hint or {
+            "type": f"expected {err.validator_value}",
+            "enum": "one of " + ", ".join(map(str, err.validator_value or [])),
+            "minimum": f"at least {err.validator_value}",
+            "maximum": f"at most {err.validator_value}",
+            "exclusiveMinimum": f"more than {err.validator_value}",
+            "minLength": "must not be empty",
+            "minItems": "must not be empty",
+        }.get(kind, "see the flavor reference")
+        if kind == "type" and not hint:
+            return f"{short(instance, 60)}: {expected}"
+        return f"{short(instance, 60)} is not valid here ({expected})"
+    return f"{short(instance, 60)}: {err.validator} {short(err.validator_value, 40)}"
+
+
+MAX_PROBLEMS = 20
+
+
+def _raise(problems: list[str]) -> None:
+    if len(problems) > MAX_PROBLEMS:
+        problems = [*problems[:MAX_PROBLEMS], f"… and {len(problems) - MAX_PROBLEMS} more problems"]
+    raise CatalogueError("\n".join(problems))
 
 
 def validate_catalogue(data: Any, source: str = "<memory>") -> Catalogue:
-    """Validate a parsed catalogue; raise CatalogueError listing every problem found."""
+    """Validate a parsed catalogue; raise CatalogueError listing every problem found, one line each."""
     if not isinstance(data, dict):
         raise CatalogueError(f"{source}: the catalogue must be a mapping with 'default' and 'flavors'")
-    validator = jsonschema.Draft202012Validator(CATALOGUE_SCHEMA)
+    validator = grammar.Validator(CATALOGUE_SCHEMA)
     problems: list[str] = []
     for err in sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
-        message = err.message
-        if err.validator == "additionalProperties":
-            message = f"unknown key(s): {message.split('(')[-1].rstrip(')').replace(' were unexpected', '').replace(' was unexpected', '')}"
-        elif err.validator in ("pattern", "oneOf") and err.instance is not None:
-            message = f"{err.instance!r} is not valid here ({err.schema.get('description') or (err.schema.get('oneOf') and _CPU_SCHEMA['description']) or err.message})"
-        problems.append(f"{source}: {_where(err.absolute_path, data)}: {message}")
+        problems.append(f"{source}: {_where(err.absolute_path, data)}: {_message(err)}")
     if problems:
-        raise CatalogueError("\n".join(problems))
+        _raise(problems)
 
     flavors = []
     seen: set[str] = set()
@@ -279,31 +322,34 @@ def validate_catalogue(data: Any, source: str = "<memory>") -> Catalogue:
             problems.append(f'{source}: flavor "{name}", field \'cpu.guarantee\': larger than cpu.limit')
         if parse_quantity(flavor.mem_guarantee, "memory") > flavor.memory_limit_bytes:
             problems.append(f'{source}: flavor "{name}", field \'memory.guarantee\': larger than memory.limit')
-        if flavor.memory_limit_bytes <= 0:
-            problems.append(f'{source}: flavor "{name}", field \'memory.limit\': must be more than 0')
+        try:
+            grammar.check_image(flavor.image)
+        except grammar.GrammarError as e:
+            problems.append(f'{source}: flavor "{name}", field \'image\': {e}')
         flavors.append(flavor)
     if data["default"] not in seen:
-        problems.append(f"{source}: field 'default': no flavor is named {data['default']!r}")
+        problems.append(f"{source}: field 'default': no flavor is named {short(data['default'], 60)}")
     if problems:
-        raise CatalogueError("\n".join(problems))
+        _raise(problems)
     return Catalogue(default=data["default"], flavors=tuple(flavors), source=source)
 
 
 def load_catalogue(path: str | os.PathLike[str]) -> Catalogue:
-    """Read and validate a catalogue file."""
-    p = Path(path)
+    """Read and validate a catalogue file (a regular UTF-8 file within the safe YAML bounds)."""
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise CatalogueError(f"{p}: cannot read the flavor catalogue: {e.strerror or e}") from None
-    return parse_catalogue(text, str(p))
+        raw = read_bounded(path, "flavor catalogue")
+    except SafeYAMLError as e:
+        raise CatalogueError(str(e)) from None
+    return parse_catalogue(raw, str(path))
 
 
-def parse_catalogue(text: str, source: str) -> Catalogue:
+def parse_catalogue(text: str | bytes, source: str) -> Catalogue:
+    """Parse and validate catalogue text; every failure is a CatalogueError naming `source`."""
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise CatalogueError(f"{source}: not valid YAML: {e}") from None
+        data = parse_yaml_bytes(raw, source)
+    except SafeYAMLError as e:
+        raise CatalogueError(str(e)) from None
     return validate_catalogue(data, source)
 
 
@@ -342,20 +388,21 @@ class CatalogueWatcher:
 
     def _reload(self) -> None:
         try:
-            raw = self.path.read_bytes()
-        except OSError as e:
-            self._fail(f"{self.path}: cannot read the flavor catalogue: {e.strerror or e}", "unreadable")
+            # Non-blocking and bounded: a FIFO or a huge file never stalls the hub's event loop.
+            raw = read_bounded(self.path, "flavor catalogue")
+        except SafeYAMLError as e:
+            self._fail(str(e), "unreadable")
             return
         digest = hashlib.sha256(raw).hexdigest()
         if digest == self._digest or digest == self._bad_digest:
             return
         try:
-            catalogue = parse_catalogue(raw.decode("utf-8", "replace"), str(self.path))
+            catalogue = parse_catalogue(raw, str(self.path))
         except CatalogueError as e:
             self._fail(str(e), digest)
             return
         except Exception as e:  # a validator gap must not take the flavor page down
-            self._fail(f"{self.path}: cannot use this catalogue: {type(e).__name__}: {e}", digest)
+            self._fail(f"{self.path}: cannot use this catalogue: {type(e).__name__}: {short(str(e), 200)}", digest)
             return
         if self._good is not None:
             self.log.info("Flavor catalogue %s reloaded: %s", self.path, ", ".join(f.name for f in catalogue.flavors))

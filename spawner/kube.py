@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio.client import (
     V1ObjectMeta,
     V1PersistentVolumeClaimVolumeSource,
@@ -218,26 +220,88 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
             )
         return pod
 
+    # --- an API server that restarts (upgrade, failover) mid-spawn: retry, then go on -----------
+
+    async def _retry_unreachable(self, what: str, call: Any) -> Any:
+        """Run `call()`, retrying while the API server cannot be reached, for up to k8s_api_request_retry_timeout."""
+        deadline = asyncio.get_running_loop().time() + self.k8s_api_request_retry_timeout
+        delay = 0.2
+        while True:
+            try:
+                return await call()
+            except (aiohttp.ClientConnectionError, ConnectionError, asyncio.TimeoutError) as e:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise
+                self.log.warning("Kubernetes API unreachable while %s for %s (%s); retrying", what, self.user.name, type(e).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _make_create_pod_request(self, pod: Any, request_timeout: Any) -> Any:
+        # False makes KubeSpawner's exponential backoff try again: a pod that did get created
+        # shows up as a 409, which KubeSpawner resolves itself.
+        try:
+            return await super()._make_create_pod_request(pod, request_timeout)
+        except (aiohttp.ClientConnectionError, ConnectionError) as e:
+            self.log.warning("Kubernetes API unreachable while creating pod %s (%s); retrying", self.pod_name, type(e).__name__)
+            return False
+
+    async def _make_create_pvc_request(self, pvc: Any, request_timeout: Any) -> Any:
+        try:
+            return await super()._make_create_pvc_request(pvc, request_timeout)
+        except (aiohttp.ClientConnectionError, ConnectionError) as e:
+            self.log.warning("Kubernetes API unreachable while creating PVC %s (%s); retrying", self.pvc_name, type(e).__name__)
+            return False
+
     async def _write_credentials_secret(self, key: dict[str, str]) -> None:
+        await self._retry_unreachable("writing the credentials Secret", lambda: self._write_credentials_secret_once(key))
+
+    async def _write_credentials_secret_once(self, key: dict[str, str]) -> None:
         manifest = self.get_credentials_secret_manifest(key)
         try:
             await self.api.create_namespaced_secret(self.namespace, manifest, _request_timeout=self.k8s_api_request_timeout)
         except ApiException as e:
             if e.status != 409:
                 raise
-            # Left over from a stop that could not clean up: replace it with the new key.
+            # Left over from a stop that could not clean up (a hub that died mid-spawn or
+            # mid-stop): its key is revoked with itself, then the Secret gets the new key.
+            await self._revoke_leftover_key(key["key_id"])
             await self.api.replace_namespaced_secret(
                 manifest.metadata.name, self.namespace, manifest, _request_timeout=self.k8s_api_request_timeout
             )
 
+    async def _revoke_leftover_key(self, new_key_id: str) -> None:
+        """Revoke the key in a Secret a dead hub left behind (its id is in no spawner state)."""
+        try:
+            secret = await self.api.read_namespaced_secret(
+                self.credentials_secret_name, self.namespace, _request_timeout=self.k8s_api_request_timeout
+            )
+            key_id = json.loads(base64.b64decode(secret.data["credentials.json"])).get("key_id")
+        except Exception:
+            return  # gone or unreadable: then there is no key id to revoke
+        if not isinstance(key_id, str) or key_id == new_key_id:
+            return
+        try:
+            await self._delete_key(key_id)
+            self.log.info("Revoked the left-over Fence API key %s of %s", key_id, self.user.name)
+        except Exception as e:
+            detail = f"HTTP {e.code}" if hasattr(e, "code") else type(e).__name__
+            self.log.warning("Could not revoke the left-over Fence API key %s of %s (%s); will retry at the next stop.", key_id, self.user.name, detail)
+            self._pending_revocations = (*self._pending_revocations, key_id)
+
     async def _delete_credentials_secret(self) -> None:
         try:
-            await self.api.delete_namespaced_secret(
-                self.credentials_secret_name, self.namespace, _request_timeout=self.k8s_api_request_timeout
+            await self._retry_unreachable(
+                "deleting the credentials Secret",
+                lambda: self.api.delete_namespaced_secret(
+                    self.credentials_secret_name, self.namespace, _request_timeout=self.k8s_api_request_timeout
+                ),
             )
         except ApiException as e:
             if e.status != 404:
                 self.log.warning("Could not delete Secret %s: HTTP %s", self.credentials_secret_name, e.status)
+        except (aiohttp.ClientConnectionError, ConnectionError, asyncio.TimeoutError) as e:
+            # Never blocks the stop; the next start finds it, revokes its key and replaces it.
+            self.log.warning("Could not delete Secret %s (%s); the next start replaces it", self.credentials_secret_name, type(e).__name__)
 
     # --- lifecycle ---------------------------------------------------------------------
 

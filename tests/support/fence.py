@@ -79,6 +79,21 @@ class FenceUser:
 
 
 @dataclass
+class Fault:
+    """What the stand-in does instead of (or before) answering one route: for fault tests.
+
+    `delay` seconds first (a slow Fence); then, if `body` is None, the real answer, else this
+    answer. `times` limits how many requests it hits (None: all until cleared).
+    """
+
+    status: int = 200
+    body: str | None = None
+    content_type: str = "application/json"
+    delay: float = 0.0
+    times: int | None = None
+
+
+@dataclass
 class Call:
     method: str
     path: str
@@ -87,10 +102,15 @@ class Call:
     username: str | None = None
 
 
+# Every stand-in of the session: what they issued is what no log may contain (tests/conftest.py).
+INSTANCES: list["FenceStandIn"] = []
+
+
 class FenceStandIn:
     """The stand-in. `start()` serves it; mutate `users`, lifetimes and failure flags from tests."""
 
     def __init__(self, client_id: str = "workspace-client", client_secret: str | None = None, port: int | None = None):
+        INSTANCES.append(self)
         self.client_id = client_id
         self.client_secret = client_secret or "cs-" + secrets.token_urlsafe(24)
         self.port = port or free_port()
@@ -109,7 +129,10 @@ class FenceStandIn:
         self.token_delay = 0.0  # seconds the token endpoint takes ("Fence is slow")
         # Non-interactive login: authorize redirects straight back as this user.
         self.auto_login: str | None = None
+        # (method, path) -> Fault; a path ending in '*' matches every path it prefixes.
+        self.faults: dict[tuple[str, str], Fault] = {}
         self.calls: list[Call] = []
+        self.issued_codes: list[str] = []  # every OAuth code handed out, to look for leaks in logs
         self.api_keys: dict[str, dict[str, Any]] = {}  # key_id -> {username, revoked, api_key}
         self.issued_tokens: list[str] = []  # every token handed out, to look for leaks in logs
         self._codes: dict[str, dict[str, Any]] = {}
@@ -257,6 +280,13 @@ class FenceStandIn:
         if self.fail_500:
             call.status = 500
             return web.json_response({"error": "internal_error", "error_description": "stand-in told to fail"}, status=500)
+        fault = self._fault_for(request.method, request.path)
+        if fault is not None:
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.body is not None:
+                call.status = fault.status
+                return web.Response(status=fault.status, text=fault.body, content_type=fault.content_type)
         try:
             response = await handler(request)
         except web.HTTPException as e:
@@ -267,6 +297,16 @@ class FenceStandIn:
         call.username = request.get(USERNAME)
         call.grant_type = request.get(GRANT_TYPE)
         return response
+
+    def _fault_for(self, method: str, path: str) -> Fault | None:
+        for (m, p), fault in list(self.faults.items()):
+            if m == method and (path == p or (p.endswith("*") and path.startswith(p[:-1]))):
+                if fault.times is not None:
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self.faults.pop((m, p), None)
+                return fault
+        return None
 
     def _bearer_user(self, request: web.Request, scope: str | None = None) -> str:
         auth = request.headers.get("Authorization", "")
@@ -332,6 +372,7 @@ class FenceStandIn:
         if username not in self.users:
             return web.Response(status=403, text=f"no such user {html.escape(username)}")
         code = secrets.token_urlsafe(24)
+        self.issued_codes.append(code)
         self._codes[code] = {
             "username": username,
             "client_id": q["client_id"],

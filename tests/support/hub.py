@@ -44,6 +44,10 @@ c.Spawner.http_timeout = 120
 """
 
 
+# Every hub log of the session, for the session-wide check that no secret was logged (tests/conftest.py).
+HUB_LOGS: list[Path] = []
+
+
 class Hub:
     """A `gen3-workspace up` process, its log, and helpers to log users in and call the REST API."""
 
@@ -84,6 +88,7 @@ class Hub:
         # The log is appended to across restarts: wait for this start's marker, not an old one.
         seen = self.log().count(self.ready_marker)
         self._log = open(self.log_path, "ab")
+        HUB_LOGS.append(self.log_path)
         # Own session so a test can signal the whole group like a terminal's Ctrl-C would.
         self.proc = subprocess.Popen(args, cwd=str(REPO), env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout

@@ -329,6 +329,7 @@ class KubeBed:
         self.etcd_port: int | None = None
         self._etcd: subprocess.Popen[bytes] | None = None
         self._apiserver: subprocess.Popen[bytes] | None = None
+        self._apiserver_argv: list[str] = []
         self._ssl: ssl.SSLContext | None = None
 
     # lifecycle
@@ -376,6 +377,20 @@ class KubeBed:
                 stop_process(proc)
                 setattr(self, attr, None)
         atexit.unregister(self.stop)
+
+    def stop_apiserver(self) -> None:
+        """Stop only the API server (etcd keeps the cluster's state), for fault tests."""
+        if self._apiserver is not None:
+            stop_process(self._apiserver)
+            self._apiserver = None
+
+    def start_apiserver(self) -> None:
+        """Start the API server again on the same port, with the same arguments; wait until it is ready."""
+        if self._apiserver is not None:
+            return
+        self._apiserver = start_process(self._apiserver_argv, log_path=self.apiserver_log, cwd=self.workdir)
+        if not self._wait(self._apiserver_ready, self._apiserver, "kube-apiserver", self.apiserver_log):
+            raise KubeBedError(f"kube-apiserver did not come back on port {self.port}:\n{_tail(self.apiserver_log)}")
 
     def cleanup(self) -> None:
         """Stop and remove the work dir if the bed created it."""
@@ -455,6 +470,7 @@ class KubeBed:
                 *self.extra_apiserver_args,
             ]
             self._apiserver = start_process(argv, log_path=self.apiserver_log, cwd=self.workdir)
+            self._apiserver_argv = argv
             self.port = port
             if self._wait(self._apiserver_ready, self._apiserver, "kube-apiserver", self.apiserver_log):
                 return

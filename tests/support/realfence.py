@@ -88,6 +88,7 @@ class FenceBed:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
         self.pg_dir: Path | None = None
+        self._client_names: dict[str, int] = {}
 
     # --- addresses ---------------------------------------------------------------------
 
@@ -345,6 +346,10 @@ class FenceBed:
 
     def create_client(self, name: str, redirect_uris: list[str], scopes: list[str] | None = None) -> tuple[str, str]:
         """Register an OAuth client the way docs/authentication.md tells operators to; (id, secret)."""
+        # Client names are unique in Fence, and one bed serves the whole session: number repeats.
+        self._client_names[name] = self._client_names.get(name, 0) + 1
+        if self._client_names[name] > 1:
+            name = f"{name}-{self._client_names[name]}"
         args = ["client-create", "--client", name, "--urls", *redirect_uris, "--username", "admin-ada", "--auto-approve"]
         if scopes:
             args += ["--allowed-scopes", *scopes]

@@ -70,7 +70,7 @@ def test_bad_catalogues_name_file_flavor_and_field(mutate, field: str, words: st
 
 
 def test_not_yaml_is_a_clear_error() -> None:
-    with pytest.raises(CatalogueError, match=r"^f\.yaml: not valid YAML"):
+    with pytest.raises(CatalogueError, match=r"^f\.yaml: line 2, column 1: not valid YAML"):
         parse_catalogue("flavors: [\n", "f.yaml")
 
 

@@ -164,6 +164,33 @@ hub Deployment so every render runs it.
 {{- if not (has .Values.flavors.default $names) -}}
 {{- fail (printf "flavors.default: no flavor is named %q (flavors: %s)" .Values.flavors.default (join ", " $names)) -}}
 {{- end -}}
+{{- /* What the schema cannot compare; the hub refuses the same catalogues (spawner/flavors.py). */ -}}
+{{- range .Values.flavors.flavors -}}
+{{- if and (hasKey .cpu "guarantee") (gt (include "gen3ws.cpuMilli" .cpu.guarantee | float64) (include "gen3ws.cpuMilli" .cpu.limit | float64)) -}}
+{{- fail (printf "flavors.flavors: flavor %q, field 'cpu.guarantee': larger than cpu.limit" .name) -}}
+{{- end -}}
+{{- if and (hasKey .memory "guarantee") (gt (include "gen3ws.memoryBytes" .memory.guarantee | float64) (include "gen3ws.memoryBytes" .memory.limit | float64)) -}}
+{{- fail (printf "flavors.flavors: flavor %q, field 'memory.guarantee': larger than memory.limit" .name) -}}
+{{- end -}}
+{{- end -}}
+{{- range $key := list "sslPorts" "safePorts" -}}
+{{- range (index $.Values.egressProxy $key) -}}
+{{- if kindIs "string" . -}}
+{{- $ends := splitList "-" . -}}
+{{- if gt (atoi (index $ends 0)) (atoi (index $ends 1)) -}}
+{{- fail (printf "egressProxy.%s: the port range %s starts above its end" $key .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range .Values.networkPolicy.notebook.allowedInternal -}}
+{{- $name := .name -}}
+{{- range .ports -}}
+{{- if and .endPort (not (kindIs "string" .port)) (lt (int .endPort) (int .port)) -}}
+{{- fail (printf "networkPolicy.notebook.allowedInternal %q: endPort %v is below port %v" $name .endPort .port) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- $userNs := include "gen3ws.userNamespace" . -}}
 {{- if eq $userNs .Release.Namespace -}}
 {{- fail (printf "spawner.namespace: users' servers may not live in the release namespace %q: the hub's Role there could read every Secret of the commons and start pods with its ServiceAccounts. Leave spawner.namespace empty (%s-workspace-users) or name a namespace of their own" .Release.Namespace .Release.Namespace) -}}
@@ -171,6 +198,20 @@ hub Deployment so every render runs it.
 {{- if gt (len $userNs) 63 -}}
 {{- fail (printf "spawner.namespace: %q is longer than the 63 characters a namespace name may have; set spawner.namespace to a shorter name" $userNs) -}}
 {{- end -}}
+{{- end -}}
+
+{{/* A CPU quantity (cores or "500m") in millicores. */}}
+{{- define "gen3ws.cpuMilli" -}}
+{{- $s := toString . -}}
+{{- if hasSuffix "m" $s -}}{{- trimSuffix "m" $s | float64 -}}{{- else -}}{{- mulf (float64 $s) 1000 -}}{{- end -}}
+{{- end -}}
+
+{{/* A memory quantity ("512Mi", "1G", bytes) in bytes. */}}
+{{- define "gen3ws.memoryBytes" -}}
+{{- $s := toString . -}}
+{{- $suffix := regexFind "[KMGT]i?$" $s -}}
+{{- $units := dict "" 1 "K" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
+{{- mulf (trimSuffix $suffix $s | float64) (index $units $suffix) -}}
 {{- end -}}
 
 {{/*
