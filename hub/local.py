@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from gen3workspace.hub.pages import configure_pages
-from gen3workspace.spawner.grammar import check_csp_sources
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,6 +70,9 @@ def persistent_secret(path: Path, nbytes: int = 32) -> str:
 
 
 def csp_header(frame_ancestors: list[str]) -> str:
+    # Imported here: the CLI imports this module and must start without the schema validator.
+    from gen3workspace.spawner.grammar import check_csp_sources
+
     # Checked again here: settings.json is a file someone could edit by hand.
     return "frame-ancestors " + " ".join(["'self'", *check_csp_sources(frame_ancestors, "frame_ancestors")])
 
