@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.chart_install import hub_kubeconfig, hub_service_account, install_chart
+from tests.support.chart_install import hub_kubeconfig, hub_service_account, install_chart, users_namespace
 from tests.support.kubebed import KubeBed, ensure_binaries
 
 AUDIT_POLICY = """\
@@ -42,7 +42,7 @@ class ApiCall:
 
 
 class BenchBed:
-    """A started bed with an audit log, one namespace with the chart installed, and its hub ServiceAccount's kubeconfig."""
+    """A started bed with an audit log, the chart installed (release namespace, users' namespace) and its hub ServiceAccount's kubeconfig."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -56,6 +56,8 @@ class BenchBed:
             apiserver_args=[f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-maxsize=1000"],
         )
         self.namespace = f"bench-{uuid.uuid4().hex[:6]}"
+        # Where the chart has users' servers run (and grants the hub what a spawn needs).
+        self.users_namespace = users_namespace(self.namespace)
         self.hub_user = ""
         self.hub_kubeconfig = workdir / "hub-kubeconfig"
         self._kubelets: list[subprocess.Popen[str]] = []
@@ -72,7 +74,7 @@ class BenchBed:
         state = self.workdir / f"kubelet-{len(self._kubelets)}"
         state.mkdir(parents=True, exist_ok=True)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.kubelet_proc", str(self.bed.kubeconfig), self.namespace, str(state)],
+            [sys.executable, "-m", "benchmarks.kubelet_proc", str(self.bed.kubeconfig), self.users_namespace, str(state)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(state / "kubelet.log", "ab"), text=True,
             cwd=str(Path(__file__).resolve().parents[1]),
         )

@@ -29,6 +29,8 @@ from benchmarks.kubebed_env import BenchBed
 from benchmarks.stats import fmt, goal, goals_table, interleaved, load, ratio, summary, table, write_results
 
 FLAVOR = "python-small"
+RESTRICTED_CONTAINER = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED_POD = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 # Without a container runtime the harness runs the container's command here: a small HTTP server.
 SERVER_CMD = [sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "8888"]
 
@@ -67,6 +69,10 @@ def make_peer(namespace: str, name: str) -> Any:
         storage_capacity="10Gi",
         volumes=[{"name": "home", "persistentVolumeClaim": {"claimName": "claim-{username}"}}],
         volume_mounts=[{"name": "home", "mountPath": "/home/jovyan"}],
+        # The chart's users' namespace enforces Pod Security "restricted": what any pod there needs.
+        uid=1000,
+        container_security_context=RESTRICTED_CONTAINER,
+        pod_security_context=RESTRICTED_POD,
     )
 
 
@@ -153,12 +159,12 @@ async def run_all(bb: BenchBed, fence: Any, pairs: int) -> list[dict[str, Any]]:
     try:
         # Warm-up, one per side: starts the shared pod reflector and the clients' connections.
         for side in ("ours", "peer"):
-            sp = make_ours(fence, bb.namespace, "warm-o") if side == "ours" else make_peer(bb.namespace, "warm-p")
+            sp = make_ours(fence, bb.users_namespace, "warm-o") if side == "ours" else make_peer(bb.users_namespace, "warm-p")
             await one_run(side, sp)
         fence_seen = len(fence.calls_since(0))
         for i, side in enumerate(interleaved(pairs)):
             name = f"o{i}" if side == "ours" else f"p{i}"
-            sp = make_ours(fence, bb.namespace, name) if side == "ours" else make_peer(bb.namespace, name)
+            sp = make_ours(fence, bb.users_namespace, name) if side == "ours" else make_peer(bb.users_namespace, name)
             r = await one_run(side, sp)
             r["fence_calls"] = fence.calls_since(fence_seen)
             fence_seen += len(r["fence_calls"])

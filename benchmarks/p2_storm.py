@@ -29,6 +29,7 @@ import aiohttp
 import yaml
 
 from benchmarks.kubebed_env import BenchBed
+from benchmarks.p1_spawn import RESTRICTED_CONTAINER, RESTRICTED_POD
 from benchmarks.stats import RESULTS_DIR, fmt, goal, goals_table, load, ratio, summary, table, write_results
 from gen3workspace.hub.local import find_proxy_command
 from tests.support.charthub import ChartHub
@@ -77,6 +78,10 @@ c.KubeSpawner.pvc_name_template = "claim-{{username}}"
 c.KubeSpawner.storage_capacity = "10Gi"
 c.KubeSpawner.volumes = [{{"name": "home", "persistentVolumeClaim": {{"claimName": "claim-{{username}}"}}}}]
 c.KubeSpawner.volume_mounts = [{{"name": "home", "mountPath": "/home/jovyan"}}]
+# The chart's users' namespace enforces Pod Security "restricted": what any pod there needs.
+c.KubeSpawner.uid = 1000
+c.KubeSpawner.container_security_context = {restricted_container!r}
+c.KubeSpawner.pod_security_context = {restricted_pod!r}
 load_subconfig({test_config!r})
 """
 
@@ -107,7 +112,7 @@ class StockKubeHub(Hub):
             port=self.port, hub_port=free_port(), api_port=free_port(), db=self.tmp / "jupyterhub.sqlite", chp=find_proxy_command(),
             namespace=self.namespace, image=f.image, cpu_guarantee=f.cpu_guarantee, cpu_limit=f.cpu_limit,
             mem_guarantee=int(parse_quantity(f.mem_guarantee, "memory")), mem_limit=int(parse_quantity(f.mem_limit, "memory")),
-            test_config=str(test_config),
+            test_config=str(test_config), restricted_container=RESTRICTED_CONTAINER, restricted_pod=RESTRICTED_POD,
         ))
         env.update(KUBECONFIG=str(self.kubeconfig), CONFIGPROXY_AUTH_TOKEN=secrets.token_hex(32), JUPYTERHUB_CRYPT_KEY=secrets.token_hex(32))
         return [sys.executable, "-m", "jupyterhub", "--config", str(cfg)]
@@ -201,11 +206,11 @@ def prepare_users(hub: Hub, fence: FenceStandIn | None, users: list[str]) -> Non
             raise RuntimeError(f"creating {u}: HTTP {r.status_code} {r.text[:200]}")
         if fence is not None:
             fence.add_user(u)
-            tok = fence._token_response(u, ["openid", "user", "data", "credentials"])
+            tok = fence._token_response(u, ["openid", "user", "data", "credentials"], fence.client_id)
             # What a Fence login leaves in auth_state (OAuthenticator's layout).
             state = {
                 "access_token": tok["access_token"], "refresh_token": tok["refresh_token"], "id_token": tok["id_token"],
-                "scope": tok["scope"].split(), "token_response": tok, "oauth_user": fence.users[u].userinfo(),
+                "scope": ["openid", "user", "data", "credentials"], "token_response": tok, "oauth_user": fence.users[u].userinfo(),
             }
             r = hub.api("PATCH", f"users/{u}", json={"auth_state": state})
             if r.status_code != 200:
@@ -231,7 +236,7 @@ def one_run(side: str, n: int, run_id: str, bb: BenchBed, fence: FenceStandIn, t
         hub: Hub = QuietChartHub(folder, fence, bb.hub_kubeconfig, config, flavors, base_url=yaml.safe_load(config)["hub"]["baseUrl"])
         hub.extra_config = extra
     else:
-        hub = StockKubeHub(folder, bb.hub_kubeconfig, bb.namespace, extra)
+        hub = StockKubeHub(folder, bb.hub_kubeconfig, bb.users_namespace, extra)
     hub.start(timeout=180)
     try:
         users = [f"{run_id}-{i}" for i in range(n)]

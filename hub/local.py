@@ -74,6 +74,9 @@ def csp_header(frame_ancestors: list[str]) -> str:
     from gen3workspace.spawner.grammar import check_csp_sources
 
     # Checked again here: settings.json is a file someone could edit by hand.
+    # Imported here: its schema validator takes a while to load, and `gen3-workspace up` never needs it.
+    from gen3workspace.spawner.grammar import check_csp_sources
+
     return "frame-ancestors " + " ".join(["'self'", *check_csp_sources(frame_ancestors, "frame_ancestors")])
 
 

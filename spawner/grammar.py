@@ -20,8 +20,6 @@ import os
 import re
 from typing import Any
 
-import jsonschema
-
 # --- building blocks -------------------------------------------------------------------------
 
 _LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
@@ -168,24 +166,42 @@ def matches(pattern: str, value: Any) -> bool:
 
 
 def _pattern(validator: Any, pattern: str, instance: Any, schema: Any) -> Any:
+    import jsonschema
+
     if validator.is_type(instance, "string") and not _compiled(pattern).fullmatch(instance):
         yield jsonschema.ValidationError(f"{short(instance)} does not match the expected form")
 
 
 def _finite(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
     # JSON Schema's minimum/maximum let NaN through (every comparison with NaN is false).
+    import jsonschema
+
     if isinstance(instance, float) and not math.isfinite(instance):
         yield jsonschema.ValidationError(f"{instance!r} is not a finite number")
 
 
 def _type(validator: Any, types: Any, instance: Any, schema: Any) -> Any:
+    import jsonschema
+
     yield from jsonschema._keywords.type(validator, types, instance, schema)
     if validator.is_type(instance, "number"):
         yield from _finite(validator, types, instance, schema)
 
 
-#: Draft 2020-12 with whole-string patterns and no NaN or infinity: what the Python side validates with.
-Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern, "type": _type})
+@functools.cache
+def _validator_class() -> Any:
+    # jsonschema takes about half a second to import: only code that validates pays for it,
+    # not `gen3-workspace up` on its way to starting the hub.
+    import jsonschema
+
+    return jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": _pattern, "type": _type})
+
+
+def __getattr__(name: str) -> Any:
+    #: `Validator`: Draft 2020-12 with whole-string patterns and no NaN or infinity, what the Python side validates with.
+    if name == "Validator":
+        return _validator_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def short(value: Any, limit: int = 80) -> str:

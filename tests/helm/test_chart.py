@@ -178,7 +178,7 @@ ROLE_VERBS = {
     ("pods", "list"), ("pods", "watch"), ("pods", "create"), ("pods", "delete"),
     ("events", "list"), ("events", "watch"),
     ("persistentvolumeclaims", "get"), ("persistentvolumeclaims", "create"),
-    ("secrets", "get"), ("secrets", "create"), ("secrets", "update"), ("secrets", "delete"),
+    ("secrets", "create"), ("secrets", "update"), ("secrets", "delete"),
 }
 
 

@@ -64,23 +64,23 @@ async def harness(chart_ns: tuple[str, Path], kubelet_factory: Any, image_root: 
     return await kubelet_factory(chart_ns[0], image_entrypoints={i: entrypoint for i in images}, env_hook=image_env)
 
 
-async def start_pod(fence: FenceStandIn, ns: str, harness: KubeletHarness) -> tuple[Any, RunningPod, str]:
+async def start_pod(fence: FenceStandIn, ns: str, harness: KubeletHarness, admin: Any) -> tuple[Any, RunningPod, str]:
     spawner = make_spawner(fence, ns, "kim", ["analysts"])
     spawner.user_options = {"flavor": "python-small"}
     await spawner.start()
     running = await harness.wait_for_ready(spawner.pod_name)
-    pod = await spawner.api.read_namespaced_pod(spawner.pod_name, ns)
+    pod = await admin.read_namespaced_pod(spawner.pod_name, ns)  # the hub's Role has no `get` on pods
     assert not pod.spec.containers[0].command, "the image's entrypoint (start.sh) runs; KubeSpawner passes only args"
     assert "gen3-client-profile: gen3-client profile" in running.logs(), running.logs()
     return spawner, running, hook_profile(running.logs())
 
 
 async def test_gen3_client_in_a_kubernetes_pod(
-    fence: FenceStandIn, chart_ns: tuple[str, Path], harness: KubeletHarness, hub_sa_client: None, tmp_path: Path
+    fence: FenceStandIn, chart_ns: tuple[str, Path], harness: KubeletHarness, hub_sa_client: None, admin: Any, tmp_path: Path
 ) -> None:
     ns = chart_ns[0]
     guid = fence.add_object("variants.vcf", b"##fileformat=VCFv4.2\n", authz=["/programs/demo"])
-    spawner, running, profile = await start_pod(fence, ns, harness)
+    spawner, running, profile = await start_pod(fence, ns, harness, admin)
     drive = harness.pvc_dir(spawner.pvc_name)
     assert Path(running.env["HOME"]) == drive
     assert running.env["GEN3_CLIENT_VERSION_CHECK"] == "false"
@@ -93,7 +93,7 @@ async def test_gen3_client_in_a_kubernetes_pod(
     await stop(spawner)
     await harness.wait_for_gone(spawner.pod_name)
     assert not runtime.exists(), "the file with the key went with the pod"
-    spawner, running, again = await start_pod(fence, ns, harness)
+    spawner, running, again = await start_pod(fence, ns, harness, admin)
     assert again == profile
     key = json.loads(Path(running.env["GEN3_API_KEY"]).read_text())
     assert key["key_id"] != old["key_id"]

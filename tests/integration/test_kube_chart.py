@@ -239,12 +239,12 @@ ALLOWED = [
     ("get", "", "persistentvolumeclaims", "USER"),
     ("create", "", "persistentvolumeclaims", "USER"),
     ("create", "", "secrets", "USER"),
-    ("get", "", "secrets", "USER"),
     ("update", "", "secrets", "USER"),
     ("delete", "", "secrets", "USER"),
 ]
 DENIED = [
-    # Only Secrets it knows the name of, even in the users' namespace.
+    # It never reads a Secret back, not even in the users' namespace.
+    ("get", "", "secrets", "USER"),
     ("list", "", "secrets", "USER"),
     ("watch", "", "secrets", "USER"),
     ("patch", "", "secrets", "USER"),
@@ -332,12 +332,13 @@ async def test_hub_service_account_has_exactly_the_charts_rbac(kube_bed: KubeBed
         assert [c for c in ALLOWED if not verdicts[c]] == [], "the hub lacks permissions it needs"
         assert [c for c in DENIED if verdicts[c]] == [], "the hub has permissions it must not have"
 
-        # Not just the review: the API itself answers. The hub reads a key Secret by name in the
-        # users' namespace (so a 403 below is RBAC, not a broken token), cannot list the Secrets
-        # there, and cannot touch the commons' namespace at all.
+        # Not just the review: the API itself answers. The hub lists pods in the users'
+        # namespace (so a 403 below is RBAC, not a broken token), cannot read or list the
+        # Secrets there, and cannot touch the commons' namespace at all.
         v1 = k8s.CoreV1Api(api)
-        assert (await v1.read_namespaced_secret("gen3-credentials-alice", users)).data["k"]
+        await v1.list_namespaced_pod(users)
         for call in (
+            v1.read_namespaced_secret("gen3-credentials-alice", users),
             v1.list_namespaced_secret(users),
             v1.read_namespaced_secret("fence-jwt-keys", ns),
             v1.list_namespaced_secret(ns),

@@ -218,10 +218,10 @@ async def test_hub_token_cannot_read_secrets_elsewhere(kube_bed: KubeBed, chart_
     await k8s_config.load_kube_config(config_file=str(chart_ns[1]), client_configuration=cfg)
     async with k8s.ApiClient(cfg) as api:
         v1 = k8s.CoreV1Api(api)
-        # The users' namespace: a Secret by name (404: there is none), never the list of them.
+        # The users' namespace: the hub writes key Secrets there and never reads one back.
         with pytest.raises(ApiException) as e:
             await v1.read_namespaced_secret("gen3-credentials-nobody", chart_ns[0])
-        assert e.value.status == 404
+        assert e.value.status == 403
         with pytest.raises(ApiException) as e:
             await v1.list_namespaced_secret(chart_ns[0])
         assert e.value.status == 403
