@@ -72,6 +72,9 @@ def persistent_secret(path: Path, nbytes: int = 32) -> str:
 
 
 def csp_header(frame_ancestors: list[str]) -> str:
+    # Imported here: the CLI imports this module and must start without the schema validator.
+    from gen3workspace.spawner.grammar import check_csp_sources
+
     # Checked again here: settings.json is a file someone could edit by hand.
     # Imported here: its schema validator takes a while to load, and `gen3-workspace up` never needs it.
     from gen3workspace.spawner.grammar import check_csp_sources
