@@ -16,6 +16,7 @@ from traitlets import Bool, Dict, Integer, TraitError, Unicode, default, validat
 
 from gen3workspace.hub import fenceanswers, logscrub
 from gen3workspace.hub.fenceanswers import FenceAnswerError
+from gen3workspace.hub.pages import leave_frame
 from gen3workspace.spawner.common import FENCE_MAX_CLIENTS
 from gen3workspace.spawner.flavors import has_permission
 from gen3workspace.spawner.grammar import GrammarError, check_url_base
@@ -69,7 +70,8 @@ class Gen3LogoutHandler(OAuthLogoutHandler):
     async def render_logout_page(self) -> None:
         target = self.authenticator.fence_logout_redirect()
         if target:
-            self.redirect(target)
+            if not leave_frame(self, target):
+                self.redirect(target)
             return
         await super().render_logout_page()
 

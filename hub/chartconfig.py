@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gen3workspace.hub.auth import add_fence_admin_role
+from gen3workspace.hub.launcher import configure_portal
 from gen3workspace.hub.pages import configure_pages
 from gen3workspace.spawner.grammar import GrammarError, check_csp_sources, check_url_base
 from gen3workspace.spawner.safeyaml import SafeYAMLError, read_yaml_file
@@ -180,6 +181,18 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
         c.CryptKeeper["keys"] = [crypt_key]
         c.Authenticator.enable_auth_state = True
 
+    # --- the portal's launcher API, origin isolation, cookies --------------------------------
+    c.Gen3Launcher.enabled = bool(_get(cfg, "portal.enabled", True))
+    c.Gen3Launcher.isolate_servers = bool(_get(cfg, "portal.isolateServers", True))
+    host = _get(cfg, "hub.host", "")
+    # Behind the commons' TLS-terminating revproxy the hub sees http: public_url makes its
+    # cookies Secure anyway. A plain-http commons (a test bed) keeps them usable.
+    public_url = f"https://{host}{base_url}" if host and commons_url.startswith("https://") else ""
+    configure_portal(c, str(_get(cfg, "portal.prefix", "/lw-workspace/")), public_url=public_url, samesite=str(_get(cfg, "portal.cookieSameSite", "Lax")))
+    if _get(cfg, "culler.enabled", True):
+        # The portal warns before the idle shutdown; the culler's timeout is that shutdown.
+        c.Gen3Launcher.idle_timeout_seconds = int(_get(cfg, "culler.timeout", 3600))
+
     # --- idle culler ------------------------------------------------------------------------
     if _get(cfg, "culler.enabled", True):
         command = [
@@ -210,7 +223,7 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
     auth.commons_url = commons_url
     if _get(cfg, "commons.name"):
         auth.commons_name = _get(cfg, "commons.name")
-    configure_pages(c, str(_get(cfg, "commons.name") or ""))
+    configure_pages(c, str(_get(cfg, "commons.name") or ""), logo_url=str(_get(cfg, "commons.logoUrl") or ""), portal_url=commons_url + "/")
     auth.client_id = _get(cfg, "auth.clientId", "")
     client_secret = environ.get(ENV_CLIENT_SECRET, "")
     if client_secret:

@@ -124,6 +124,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         issue_api_key=not args.no_api_key,
         dev_groups=dev_groups,
         proxy_command=proxy,
+        launcher_prefix=args.launcher_prefix,
+        commons_logo=args.commons_logo,
         debug=args.debug,
     )
     settings_path = data / "settings.json"
@@ -207,8 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--base-url", default="/", help="URL prefix, e.g. /lw-workspace/ behind the data portal")
     up.add_argument("--commons-url", type=_commons_url, help="Gen3 commons URL for Fence login, e.g. https://data.example.org")
     up.add_argument("--commons-name", default="", help="name of the commons on the login page")
+    up.add_argument("--commons-logo", default="", help="URL of the commons' logo, shown on every hub page")
     up.add_argument("--client-id", help="Fence OAuth client id (secret from GEN3_CLIENT_SECRET)")
     up.add_argument("--flavors", help="flavor catalogue YAML (default: the example catalogue)")
+    up.add_argument("--launcher-prefix", default="/lw-workspace/", help="where the data portal's launcher API is served (the portal's WORKSPACE_URL; default /lw-workspace/)")
     up.add_argument("--frame-ancestor", action="append", default=[], type=_frame_ancestor, help="origin allowed to embed the hub (repeatable)")
     up.add_argument("--portal-url", help="where logout sends the user (the data portal)")
     up.add_argument("--egress-proxy", help="egress proxy URL given to users' servers as HTTP(S)_PROXY")

@@ -11,6 +11,8 @@ from jupyterhub.handlers import LogoutHandler
 from tornado import web
 from traitlets import Dict, List, Unicode, default
 
+from gen3workspace.hub.pages import leave_frame
+
 BANNER = "DEV LOGIN — no Fence, no password, localhost only. Never expose this hub."
 
 
@@ -37,7 +39,8 @@ class DevLogoutHandler(LogoutHandler):
 
     async def render_logout_page(self) -> None:
         if self.authenticator.logout_redirect_url:
-            self.redirect(self.authenticator.logout_redirect_url)
+            if not leave_frame(self, self.authenticator.logout_redirect_url):
+                self.redirect(self.authenticator.logout_redirect_url)
             return
         await super().render_logout_page()
 

@@ -36,6 +36,8 @@ class LocalSettings:
     issue_api_key: bool = True
     dev_groups: dict[str, list[str]] = field(default_factory=dict)
     proxy_command: str = ""
+    launcher_prefix: str = "/lw-workspace/"
+    commons_logo: str = ""
     debug: bool = False
 
     @property
@@ -70,6 +72,9 @@ def persistent_secret(path: Path, nbytes: int = 32) -> str:
 
 
 def csp_header(frame_ancestors: list[str]) -> str:
+    # Imported here: the CLI imports this module and must start without the schema validator.
+    from gen3workspace.spawner.grammar import check_csp_sources
+
     # Checked again here: settings.json is a file someone could edit by hand.
     # Imported here: its schema validator takes a while to load, and `gen3-workspace up` never needs it.
     from gen3workspace.spawner.grammar import check_csp_sources
@@ -100,6 +105,10 @@ def configure(c: Any, settings: LocalSettings) -> None:
 
     csp = csp_header(settings.frame_ancestors)
     c.JupyterHub.tornado_settings = {"headers": {"Content-Security-Policy": csp}}
+    # Imported here: the CLI loads this module and must start without importing JupyterHub.
+    from gen3workspace.hub.launcher import configure_portal
+
+    configure_portal(c, settings.launcher_prefix)
 
     c.JupyterHub.spawner_class = "gen3-local"
     c.Gen3LocalSpawner.data_dir = str(data)
@@ -139,4 +148,4 @@ def configure(c: Any, settings: LocalSettings) -> None:
         template_vars.update(gen3_dev_login=True, gen3_dev_banner=BANNER)
         if settings.portal_url:
             c.DevAuthenticator.logout_redirect_url = settings.portal_url
-    configure_pages(c, settings.commons_name, **template_vars)
+    configure_pages(c, settings.commons_name, logo_url=settings.commons_logo, portal_url=settings.portal_url, **template_vars)

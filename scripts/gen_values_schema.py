@@ -312,6 +312,7 @@ VALUES = Group(
                     "Required. Public URL of the commons, e.g. https://data.mycommons.org (Fence lives at <url>/user). Users' servers get it as GEN3_ENDPOINT.",
                 ),
                 "name": Leaf(STRING, "", "Name of the commons on the login button ('Sign in with <name>'). Empty: the hub's default."),
+                "logoUrl": Leaf(STRING, "", "URL of the commons' logo, shown with its name at the top of every hub page (instead of JupyterHub's). Empty: the name only."),
             },
         ),
         "auth": Group(
@@ -580,6 +581,27 @@ VALUES = Group(
                             "What the hub reaches by address, as {name, to: [NetworkPolicy peers], ports}: by default the Kubernetes API server and Fence on ports 443 and 6443 anywhere but loopback and link-local. Narrow it to your API server's and Fence's addresses (docs/operator-guide.md). The cloud metadata address is always cut out.",
                         ),
                     },
+                ),
+            },
+        ),
+        "portal": Group(
+            "The Gen3 data portal's Workspace page: the launcher API it calls and how users' servers are kept apart (docs/portal.md).",
+            {
+                "enabled": Leaf(BOOL, True, "Serve the launcher API (options, launch, status, proxy/, terminate) at portal.prefix."),
+                "prefix": Leaf(
+                    {"type": "string", "pattern": r"^/([^/\s]+/)+$"},
+                    "/lw-workspace/",
+                    "Path of the launcher API: the portal's WORKSPACE_URL (default /lw-workspace/). Set hub.baseUrl to the same path and one revproxy location serves everything.",
+                ),
+                "isolateServers": Leaf(
+                    BOOL,
+                    True,
+                    "Serve each user's server only to its owner (the public proxy holds no route to users' servers). Off: JupyterHub's shared-origin routing, where one user's server can run script in another's browser.",
+                ),
+                "cookieSameSite": Leaf(
+                    {"enum": ["Lax", "Strict"]},
+                    "Lax",
+                    "SameSite of the hub's and the servers' cookies. Both keep the portal's same-site iframe working; Strict also drops them on links from other sites.",
                 ),
             },
         ),

@@ -236,15 +236,6 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _make_create_pod_request(self, pod: Any, request_timeout: Any) -> Any:
-        # False makes KubeSpawner's exponential backoff try again: a pod that did get created
-        # shows up as a 409, which KubeSpawner resolves itself.
-        try:
-            return await super()._make_create_pod_request(pod, request_timeout)
-        except (aiohttp.ClientConnectionError, ConnectionError) as e:
-            self.log.warning("Kubernetes API unreachable while creating pod %s (%s); retrying", self.pod_name, type(e).__name__)
-            return False
-
     async def _make_create_pvc_request(self, pvc: Any, request_timeout: Any) -> Any:
         try:
             return await super()._make_create_pvc_request(pvc, request_timeout)
@@ -306,7 +297,13 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
     # --- lifecycle ---------------------------------------------------------------------
 
     async def _make_create_pod_request(self, pod: Any, request_timeout: float) -> bool:
-        created = bool(await super()._make_create_pod_request(pod, request_timeout))
+        try:
+            created = bool(await super()._make_create_pod_request(pod, request_timeout))
+        except (aiohttp.ClientConnectionError, ConnectionError) as e:
+            # False makes KubeSpawner's exponential backoff try again (an API server restarting):
+            # a pod that did get created shows up as a 409, which KubeSpawner resolves itself.
+            self.log.warning("Kubernetes API unreachable while creating pod %s (%s); retrying", self.pod_name, type(e).__name__)
+            return False
         self._pod_created = self._pod_created or created
         return created
 

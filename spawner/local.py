@@ -45,6 +45,11 @@ class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
         "as a local process with this machine's Python; your drive is a folder on this machine."
     )
 
+    def progress_intro(self) -> dict[str, Any]:
+        # Nothing here applies the flavor's CPU, memory or GPU: say so instead of claiming them.
+        name = self.flavor.display_name if self.flavor else "your workspace"
+        return {"progress": 2, "message": f"Starting {name} as a local process on this machine (its image, CPU, memory and GPU are not applied here)"}
+
     @default("home_dir")
     def _home_dir_default(self) -> str:
         return str(Path(self.data_dir) / "drives" / safe_name(self.user.name))

@@ -234,10 +234,13 @@ def test_the_traits_set_exist_on_the_classes(tmp_path: Path) -> None:
     from jupyterhub.crypto import CryptKeeper
     from jupyterhub.proxy import ConfigurableHTTPProxy
 
+    from jupyterhub.spawner import Spawner
+
     from gen3workspace.hub.auth import Gen3OAuthenticator
+    from gen3workspace.hub.launcher import Gen3Launcher
     from gen3workspace.spawner.kube import Gen3KubeSpawner
 
-    classes = {"JupyterHub": JupyterHub, "ConfigurableHTTPProxy": ConfigurableHTTPProxy, "CryptKeeper": CryptKeeper, "Gen3OAuthenticator": Gen3OAuthenticator, "Gen3KubeSpawner": Gen3KubeSpawner, "Authenticator": Authenticator}
+    classes = {"JupyterHub": JupyterHub, "ConfigurableHTTPProxy": ConfigurableHTTPProxy, "CryptKeeper": CryptKeeper, "Gen3OAuthenticator": Gen3OAuthenticator, "Gen3KubeSpawner": Gen3KubeSpawner, "Authenticator": Authenticator, "Gen3Launcher": Gen3Launcher, "Spawner": Spawner}
     c = _apply(tmp_path, overrides={"auth": {"logoutRedirectUrl": "https://x.example.org/"}, "commons": {"name": "X"}})
     for section, cls in classes.items():
         missing = [t for t in c[section] if not cls.class_traits(config=True).get(t)]
@@ -258,6 +261,8 @@ def test_the_charts_jupyterhub_config_calls_apply(monkeypatch: pytest.MonkeyPatc
 def test_every_setting_the_chart_makes_is_a_real_trait(tmp_path: Path) -> None:
     """A misspelled trait is silently ignored by traitlets; catch it here instead."""
     from jupyterhub.app import JupyterHub
+
+    from gen3workspace.hub.launcher import Gen3Launcher
     from jupyterhub.crypto import CryptKeeper
     from jupyterhub.proxy import ConfigurableHTTPProxy
 
@@ -273,6 +278,7 @@ def test_every_setting_the_chart_makes_is_a_real_trait(tmp_path: Path) -> None:
         "Gen3KubeSpawner": Gen3KubeSpawner,
         "KubeSpawner": Gen3KubeSpawner,
         "Spawner": Gen3KubeSpawner,
+        "Gen3Launcher": Gen3Launcher,
     }
     for values in ("defaults.yaml", "external-db.yaml", "egress-off.yaml", "gpu-flavor.yaml"):
         c = _apply(tmp_path, values)
@@ -281,3 +287,15 @@ def test_every_setting_the_chart_makes_is_a_real_trait(tmp_path: Path) -> None:
             traits = classes[section].class_traits(config=True)
             unknown = sorted(set(settings) - set(traits))
             assert not unknown, f"{values}: {section} has no trait(s) {unknown}"
+
+
+def test_portal_launcher_isolation_and_cookies(tmp_path: Path) -> None:
+    c = _apply(tmp_path, overrides={"commons": {"url": "https://data.example.org"}, "portal": {"prefix": "/lw-workspace/", "cookieSameSite": "Strict"}})
+    assert c.JupyterHub.proxy_class == "gen3workspace.hub.launcher.Gen3Proxy"
+    assert c.Gen3Launcher.prefix == "/lw-workspace/" and c.Gen3Launcher.isolate_servers is True
+    assert c.JupyterHub.public_url == "https://data.example.org/workspace/"
+    assert c.JupyterHub.tornado_settings["cookie_options"] == {"samesite": "Strict"}
+    assert c.Spawner.environment["GEN3_FRAME_ANCESTORS"] == "'self'"
+    assert c.Gen3Launcher.idle_timeout_seconds == 3600
+    # Frame ancestors (CSP) stay merged with the cookie options.
+    assert "frame-ancestors" in c.JupyterHub.tornado_settings["headers"]["Content-Security-Policy"]

@@ -17,11 +17,12 @@ def test_reference_docs_are_fresh() -> None:
 def test_every_trait_of_ours_has_help_text() -> None:
     from gen3workspace.hub.auth import Gen3OAuthenticator
     from gen3workspace.hub.devauth import DevAuthenticator
+    from gen3workspace.hub.launcher import Gen3Launcher
     from gen3workspace.spawner.common import Gen3SpawnerMixin
     from gen3workspace.spawner.kube import Gen3KubeSpawner
     from gen3workspace.spawner.local import Gen3LocalSpawner
 
-    ours = (Gen3OAuthenticator, DevAuthenticator, Gen3SpawnerMixin, Gen3KubeSpawner, Gen3LocalSpawner)
+    ours = (Gen3OAuthenticator, DevAuthenticator, Gen3SpawnerMixin, Gen3KubeSpawner, Gen3LocalSpawner, Gen3Launcher)
     for cls in ours:
         for name, trait in cls.class_own_traits().items():
             assert (trait.help or "").strip(), f"{cls.__name__}.{name} has no help text"

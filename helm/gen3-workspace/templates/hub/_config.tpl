@@ -3,7 +3,7 @@
 {{- $ancestors := concat (list (include "gen3ws.commonsUrl" .)) .Values.hub.frameAncestors | uniq -}}
 {{- $cfg := dict
   "release" (dict "name" .Release.Name "namespace" .Release.Namespace)
-  "commons" (dict "url" (include "gen3ws.commonsUrl" .) "name" .Values.commons.name)
+  "commons" (dict "url" (include "gen3ws.commonsUrl" .) "name" .Values.commons.name "logoUrl" .Values.commons.logoUrl)
   "hub" (dict
     "host" (include "gen3ws.hubHost" .)
     "baseUrl" .Values.hub.baseUrl
@@ -30,6 +30,7 @@
     "drive" .Values.spawner.drive
     "commonLabels" (include "gen3ws.notebookLabels" . | fromYaml))
   "culler" .Values.culler
+  "portal" .Values.portal
 -}}
 {{- toYaml $cfg -}}
 {{- end -}}

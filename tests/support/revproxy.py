@@ -1,0 +1,133 @@
+"""A stand-in for Gen3's revproxy in browser tests: one origin for the portal, Fence (`/user/`) and the workspace (`/lw-workspace/`).
+
+Like revproxy it routes by path prefix and turns the commons' `access_token` cookie into
+`Authorization: bearer <token>` for the workspace; it also serves a page that makes the portal
+Workspace page's calls (tests/support/portal_page.html). HTTP and WebSockets are relayed; it
+runs in a thread with its own event loop, like the Fence stand-in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gen3workspace.hub.cli import free_port
+
+PORTAL_PAGE = Path(__file__).with_name("portal_page.html")
+HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "content-length", "content-encoding", "host"}
+
+
+class RevProxy:
+    """`routes` maps a path prefix to an upstream base URL; the longest prefix wins."""
+
+    def __init__(self, routes: dict[str, str], workspace_prefix: str = "/lw-workspace/", bearer_from_cookie: bool = True, host: str = "127.0.0.1"):
+        self.routes = dict(routes)
+        self.workspace_prefix = workspace_prefix
+        self.bearer_from_cookie = bearer_from_cookie
+        self.host = host
+        self.port = free_port()
+        self.pages: dict[str, str] = {}
+        self.requests: list[tuple[str, str, int]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "RevProxy":
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(ready,), daemon=True, name="revproxy")
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("revproxy stand-in did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop and self._runner:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread:
+            self._thread.join(10)
+
+    def _serve(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        app = web.Application(client_max_size=1024**3)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        loop.run_until_complete(self._runner.setup())
+        loop.run_until_complete(web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start())
+        ready.set()
+        loop.run_forever()
+        loop.close()
+
+    def _upstream(self, path: str) -> str | None:
+        best = max((p for p in self.routes if path.startswith(p)), key=len, default=None)
+        return self.routes[best] if best is not None else None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path in self.pages:
+            return web.Response(text=self.pages[request.path], content_type="text/html")
+        if request.path == "/portal/workspace":
+            return web.Response(text=PORTAL_PAGE.read_text(), content_type="text/html")
+        if request.path.startswith("/wts/"):
+            # The portal asks the workspace token service first; no external IdPs here.
+            return web.json_response({})
+        upstream = self._upstream(request.path)
+        if upstream is None:
+            return web.Response(status=404, text="revproxy stand-in: no route")
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
+        headers["Host"] = request.host
+        headers["X-Forwarded-Proto"] = "http"
+        headers["X-Forwarded-For"] = request.remote or "127.0.0.1"
+        token = request.cookies.get("access_token")
+        if self.bearer_from_cookie and token and request.path.startswith(self.workspace_prefix) and "Authorization" not in headers:
+            headers["Authorization"] = f"bearer {token}"
+        url = upstream.rstrip("/") + str(request.rel_url)
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request, url, headers)
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+            async with session.request(request.method, url, headers=headers, data=await request.read(), allow_redirects=False) as up:
+                body = await up.read()
+                self.requests.append((request.method, request.path, up.status))
+                resp = web.Response(status=up.status, body=body)
+                for k, v in up.headers.items():
+                    if k.lower() not in HOP or k.lower() == "content-encoding":
+                        resp.headers.add(k, v)
+                return resp
+
+    async def _websocket(self, request: web.Request, url: str, headers: dict[str, str]) -> web.StreamResponse:
+        protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        for k in list(headers):
+            if k.lower().startswith("sec-websocket"):
+                del headers[k]
+        async with aiohttp.ClientSession() as session:
+            try:
+                up = await session.ws_connect("ws" + url[4:], headers=headers, protocols=protocols, max_msg_size=0)
+            except aiohttp.WSServerHandshakeError as e:
+                self.requests.append(("WS", request.path, e.status))
+                return web.Response(status=e.status)
+            self.requests.append(("WS", request.path, 101))
+            down = web.WebSocketResponse(protocols=[up.protocol] if up.protocol else (), max_msg_size=0)
+            await down.prepare(request)
+
+            async def pump(src: Any, dst: Any) -> None:
+                async for msg in src:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        await dst.send_str(msg.data)
+                    elif msg.type == aiohttp.WSMsgType.BINARY:
+                        await dst.send_bytes(msg.data)
+                    else:
+                        break
+                await dst.close()
+
+            await asyncio.gather(pump(up, down), pump(down, up), return_exceptions=True)
+            return down
