@@ -425,6 +425,8 @@ class Gen3OAuthenticator(GenericOAuthenticator):
         try:
             if self._expires_soon(auth_state):
                 model = await self._refresh_grant(user, auth_state, handler)
+            elif not isinstance(auth_state.get("token_response"), dict):
+                model = await self._recheck_token(user, auth_state, handler)
             else:
                 model = await super().refresh_user(user, handler, **kwargs)
         except Exception as e:
@@ -438,6 +440,21 @@ class Gen3OAuthenticator(GenericOAuthenticator):
                 self.log.warning("%s lost the workspace permission; a new login is needed", user.name)
                 return False
         return model
+
+    async def _recheck_token(self, user: Any, auth_state: dict[str, Any], handler: Any) -> dict[str, Any] | bool:
+        """Refresh for an auth_state our login did not write (no `token_response`: set through
+        the REST API, or by an older hub). Upstream would fail on it with a 500; here its access
+        token is checked with Fence, and the refresh grant takes over when Fence refuses it."""
+        token = auth_state.get("access_token")
+        if not isinstance(token, str) or not token:
+            self.log.info("No usable access token in the auth state of %s; a new login is needed", user.name)
+            return False
+        try:
+            return await self._token_to_auth_model({"access_token": token, "token_type": "Bearer", "refresh_token": auth_state.get("refresh_token")})
+        except HTTPClientError as e:
+            if _fence_unreachable(e):
+                raise
+        return await self._refresh_grant(user, auth_state, handler)
 
     def fence_logout_redirect(self) -> str:
         """Where logout sends the browser: through Fence's logout (back to `post_logout_url`, else

@@ -76,3 +76,26 @@ def test_the_embedded_hub_defines_the_fence_admin_role_only_with_fence_login(tmp
     dev = Config()
     configure(dev, LocalSettings(data_dir=str(tmp_path)))
     assert "load_roles" not in dev.JupyterHub
+
+
+async def test_refresh_of_an_auth_state_without_token_response_checks_the_token_instead_of_failing() -> None:
+    # An auth_state set through the REST API (or by an older hub) has no `token_response`;
+    # upstream's refresh would raise a TypeError there, a 500 for the user.
+    from tests.support.fakes import FakeUser
+    from tests.support.fence import FenceStandIn
+
+    fence = FenceStandIn()
+    fence.add_user("alice")
+    fence.start()
+    try:
+        auth = Gen3OAuthenticator(commons_url=fence.url.removesuffix("/user"), client_id=fence.client_id, client_secret=fence.client_secret)
+        user = FakeUser("alice", auth_state={"access_token": fence.mint_access_token("alice"), "oauth_user": {"username": "alice"}})
+        model = await auth.refresh_user(user)
+        assert isinstance(model, dict) and model["name"] == "alice"
+        assert model["auth_state"]["oauth_user"]["authz"], "the userinfo is read again from Fence"
+        # A token Fence refuses, and no refresh token: a new login, not an error.
+        user = FakeUser("alice", auth_state={"access_token": "not-a-token", "oauth_user": {"username": "alice"}})
+        assert await auth.refresh_user(user) is False
+        assert await auth.refresh_user(FakeUser("alice", auth_state={"oauth_user": {}})) is False
+    finally:
+        fence.stop()
