@@ -151,8 +151,9 @@ class Gen3OAuthenticator(GenericOAuthenticator):
         False,
         config=True,
         help="""Make Fence admins full JupyterHub admins instead (with `admin_from_fence`), who can
-        open every user's server and so use that user's Fence API key. `admin_users` and
-        `admin_groups` always make full admins.
+        reach every user's server and so use that user's Fence API key. `admin_users` and
+        `admin_groups` always make full admins. With the launcher's server isolation on, they
+        reach other users' servers by JupyterHub API token only, never in their browser.
         """,
     )
     authz_groups = Dict(

@@ -640,19 +640,33 @@ class UserServerGate(_Gen3Handler):
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS")
 
+    async def prepare(self) -> None:
+        if hub_api_token(self.request):
+            # A JupyterHub API token (`Authorization: token ...`), as scripts and extensions send
+            # to their own server: JupyterHub names its owner, and the server checks its scopes.
+            self.auth_kind = "hub-token"
+            self._jupyterhub_user = self.get_current_user_token()
+            self._resolve_roles_and_scopes()
+            return
+        await super().prepare()
+
     async def _handle(self, name: str, rest: str | None = None) -> None:
         user = self.current_user
         if user is None:
+            if self.auth_kind == "hub-token":
+                raise web.HTTPError(403, "This JupyterHub API token is not valid (expired or revoked).")
             if self.request.method in ("GET", "HEAD"):
                 self.login_redirect()
                 return
             raise web.HTTPError(403, "Log in to the workspace first.")
         owner = self.find_user(name)
-        if user.name != name:
-            # Nothing of another user's server is ever served here, whatever the caller's role.
+        spawner = _server_for(owner, self.request.path) if owner else None
+        is_owner = getattr(user, "kind", "user") == "user" and user.name == name
+        if not is_owner and not self._token_grants(spawner):
+            # No browser is ever served another user's server here, whatever the caller's role:
+            # that server's script would run with the caller's hub and Fence session.
             self.log.warning("Gate: %s asked for %s's server path %s; refused", user.name, name, self.request.path)
             raise web.HTTPError(403, "This address belongs to another user's workspace. You can only open your own.")
-        spawner = _server_for(owner, self.request.path) if owner else None
         if spawner is None:
             if self.request.method in ("GET", "HEAD"):
                 # JupyterHub's own pages say "not running" / "starting" and offer to start it.
@@ -663,6 +677,14 @@ class UserServerGate(_Gen3Handler):
         await self._forward(spawner)
 
     get = head = post = delete = patch = put = options = _handle  # type: ignore[assignment]
+
+    def _token_grants(self, spawner: Any) -> bool:
+        """An API token with `access:servers` on this server (an admin's script, e.g. with
+        `Gen3OAuthenticator.fence_admin_server_access`): no browser, so no script of the server
+        runs with the caller's session; the server checks the token's scopes again itself."""
+        if self.auth_kind != "hub-token" or spawner is None:
+            return False
+        return bool(self.get_scope_filter("access:servers")(spawner.orm_spawner, kind="server"))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -675,7 +697,7 @@ class UserServerGate(_Gen3Handler):
 
     async def _forward(self, spawner: Any) -> None:
         url = spawner.server.host + self.request.uri
-        headers = forwarded_headers(self.request, self.launcher)
+        headers = forwarded_headers(self.request, self.launcher, keep_authorization=self.auth_kind == "hub-token")
         body = self.request.body if self.request.method in ("POST", "PUT", "PATCH", "DELETE") else None
         if self.request.method in ("POST", "PUT", "PATCH") and body is None:
             body = b""
@@ -734,11 +756,22 @@ def _html(text: str) -> str:
     return html.escape(str(text))
 
 
-def forwarded_headers(request: httputil.HTTPServerRequest, launcher: Gen3Launcher) -> dict[str, str]:
-    """The browser's headers for the user's server, without its Fence token and commons session."""
+def hub_api_token(request: httputil.HTTPServerRequest) -> bool:
+    """Whether the request carries a JupyterHub API token (scheme `token`; `bearer` is the portal's Fence token)."""
+    return request.headers.get("Authorization", "").strip().lower().startswith("token ")
+
+
+def forwarded_headers(request: httputil.HTTPServerRequest, launcher: Gen3Launcher, keep_authorization: bool = False) -> dict[str, str]:
+    """The browser's headers for the user's server, without its Fence token and commons session.
+
+    `keep_authorization`: the caller sent its own JupyterHub API token, which the server needs.
+    """
     out: dict[str, str] = {}
     for name, value in request.headers.get_all():
         lower = name.lower()
+        if lower == "authorization" and keep_authorization:
+            out[name] = value
+            continue
         if lower in HOP_BY_HOP or lower in ("authorization", "cookie", "host") or lower.startswith("sec-websocket"):
             continue
         out[name] = value

@@ -51,6 +51,9 @@ def token_of(hub: Hub, user: str) -> dict[str, str]:
 
 def test_a_fence_admin_gets_the_admin_page_but_not_other_users_servers(hub: Hub, fence: FenceStandIn) -> None:
     start_alice(hub)
+    # Her own JupyterHub API token opens her own server, as scripts use it.
+    own = requests.get(f"{hub.url}user/alice/api/status", headers=token_of(hub, "alice"), timeout=30, allow_redirects=False)
+    assert own.status_code == 200 and "started" in own.json(), (own.status_code, own.headers.get("Location"), own.text[:300])
     session, r = hub.login("admin-ada")
     assert r.status_code == 200
     model = hub.user_model("admin-ada")
@@ -70,7 +73,7 @@ def test_a_fence_admin_gets_the_admin_page_but_not_other_users_servers(hub: Hub,
     # What it is not for: alice's server, in the browser and with a token.
     page = session.get(f"{hub.url}user/alice/api/status", timeout=30)
     assert page.status_code == 403, (page.status_code, page.url)
-    assert requests.get(f"{hub.url}user/alice/api/status", headers=ada, timeout=30).status_code == 403
+    assert requests.get(f"{hub.url}user/alice/api/status", headers=ada, timeout=30, allow_redirects=False).status_code == 403
     # Nor a token of alice's, her login state, or a share of her server.
     assert requests.post(f"{hub.url}hub/api/users/alice/tokens", headers=ada, json={}, timeout=30).status_code == 403
     assert requests.post(f"{hub.url}hub/api/shares/alice/", headers=ada, json={"user": "admin-ada"}, timeout=30).status_code in (403, 404)
@@ -105,9 +108,14 @@ def test_losing_is_admin_in_fence_takes_the_role_away(hub: Hub, fence: FenceStan
 
 def test_the_explicit_setting_gives_fence_admins_every_server(open_hub: Hub) -> None:
     start_alice(open_hub)
-    open_hub.login("admin-ada")
+    session, _ = open_hub.login("admin-ada")
     assert open_hub.user_model("admin-ada")["admin"] is True
     ada = token_of(open_hub, "admin-ada")
-    assert requests.get(f"{open_hub.url}user/alice/api/status", headers=ada, timeout=30).status_code == 200
+    # By API token (a script, no browser): served, and the server itself checks the token.
+    by_token = requests.get(f"{open_hub.url}user/alice/api/status", headers=ada, timeout=30, allow_redirects=False)
+    assert by_token.status_code == 200 and "started" in by_token.json(), by_token.text
+    # In a browser, never: alice's script would run with ada's admin session (docs/architecture.md).
+    page = session.get(f"{open_hub.url}user/alice/api/status", timeout=30)
+    assert page.status_code == 403 and "gen3-gate-error" in page.text, (page.status_code, page.url)
     assert open_hub.api("DELETE", "users/alice/server").status_code in (202, 204)
     open_hub.wait_for_server("alice", ready=False)
