@@ -17,7 +17,7 @@ import yaml
 from kubernetes_asyncio import client as k8s
 from playwright.sync_api import Page, expect
 
-from tests.support.browser import open_notebook, run_in_notebook, start_flavor, stop_server
+from tests.support.browser import log_in_real_fence, open_notebook, run_in_notebook, start_flavor, stop_server
 from tests.support.chart_install import chart_configs, hub_kubeconfig, install_chart, users_namespace
 from tests.support.charthub import ChartHub
 from tests.support.kube_fixtures import *  # noqa: F403
@@ -63,9 +63,7 @@ def chart_hub(kube_bed: KubeBed, real_fence: FenceBed, kubelet_thread_factory: A
 
 def test_kubernetes_path_against_real_fence(page: Page, chart_hub: tuple[ChartHub, str], kube_bed: KubeBed, real_fence: FenceBed) -> None:
     hub, ns = chart_hub
-    page.context.add_cookies([real_fence.browser_cookie("alice")])
-    page.goto(f"{hub.url}hub/login")
-    page.get_by_text("Sign in with").click()
+    log_in_real_fence(page, hub, real_fence, "alice")
     expect(page.locator(".gen3-flavors")).to_be_visible()
     start_flavor(page, hub, "python-small")
     open_notebook(page)
