@@ -27,7 +27,7 @@ def bin_dir() -> Path:
 
 
 class Postgres:
-    """`start()` makes a cluster with one database and a password-protected owner; `stop()` ends it by PID."""
+    """`start()` makes a cluster with one database and a password-protected owner (none when `user` is the superuser, as for the real Fence bed); `stop()` ends it by PID."""
 
     def __init__(self, database: str = "jupyterhub", user: str = "jupyterhub", host_auth: str = "scram-sha-256", durable: bool = True, prefix: str = "gen3ws-pg-"):
         # Its own folder directly in /tmp: the server account must be able to reach it, and
