@@ -6,9 +6,11 @@ import json
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
 from playwright.sync_api import Browser, BrowserContext, Page
 
 from gen3workspace.hub.cli import free_port
@@ -22,6 +24,14 @@ BASE = "/lw-workspace/"
 def commons(fence: FenceStandIn, hub: Hub) -> RevProxy:
     """One origin, as a Gen3 commons: Fence under /user/, the workspace under /lw-workspace/."""
     return RevProxy({"/user/": fence.url, BASE: f"http://127.0.0.1:{hub.port}"}).start()
+
+
+@pytest.fixture(scope="module")
+def rev(fence: FenceStandIn, hub: Hub) -> Iterator[RevProxy]:
+    """The commons' revproxy in front of the module's `fence` and `hub` fixtures (import it into the module)."""
+    r = commons(fence, hub)
+    yield r
+    r.stop()
 
 
 def portal_context(browser: Browser, fence: FenceStandIn, rev: RevProxy, user: str) -> BrowserContext:

@@ -15,7 +15,7 @@ import pytest
 import requests
 from playwright.sync_api import Browser, expect
 
-from tests.e2e.portal import BASE, Collector, commons, portal_context, wait_portal
+from tests.e2e.portal import BASE, Collector, portal_context, rev, wait_portal  # noqa: F401 - rev is a fixture
 from tests.support.browser import screenshot_path
 from tests.support.fence import FenceStandIn
 from tests.support.hub import REPO, Hub
@@ -50,13 +50,6 @@ def hub(fence: FenceStandIn, collector: Collector, tmp_path_factory: pytest.Temp
     h = Hub(tmp_path_factory.mktemp("isolation"), fence=fence, extra_args=["--base-url", BASE], extra_config=config).start()
     yield h
     h.stop()
-
-
-@pytest.fixture(scope="module")
-def rev(fence: FenceStandIn, hub: Hub) -> Iterator[RevProxy]:
-    r = commons(fence, hub)
-    yield r
-    r.stop()
 
 
 @pytest.fixture(scope="module")

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from kubernetes_asyncio import client as k8s
 from playwright.sync_api import Page, expect
 
 from tests.support.browser import log_in, open_notebook, run_in_notebook, screenshot_path, start_flavor, stop_server
-from tests.support.chart_install import fullname, hub_kubeconfig, install_chart
+from tests.support.chart_install import chart_configs, hub_kubeconfig, install_chart
 from tests.support.charthub import ChartHub
 from tests.support.fence import FenceStandIn
 from tests.support.kube_fixtures import *  # noqa: F403
@@ -33,23 +30,12 @@ def root_mount_options(pid: int) -> set[str]:
     raise AssertionError(f"no root mount in /proc/{pid}/mountinfo")
 
 
-def read_configmap(bed: KubeBed, namespace: str, name: str) -> dict[str, str]:
-    async def read() -> dict[str, str]:
-        async with bed.admin_client() as api:
-            return (await k8s.CoreV1Api(api).read_namespaced_config_map(name, namespace)).data
-
-    # Playwright's sync API owns this thread's event loop; run the client in another thread.
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, read()).result(60)
-
-
 @pytest.fixture
 def chart_hub(kube_bed: KubeBed, fence: FenceStandIn, kubelet_thread_factory: Any, tmp_path: Path) -> Iterator[tuple[ChartHub, Any]]:
     ns = f"e2e-{uuid.uuid4().hex[:6]}"
     kube_bed.create_namespace_sync(ns)
     install_chart(kube_bed, ns, values={"commons": {"url": fence.url}, "auth": {"clientId": fence.client_id, "clientSecret": fence.client_secret}})
-    config = read_configmap(kube_bed, ns, f"{fullname()}-hub-config")["config.yaml"]
-    flavors = read_configmap(kube_bed, ns, f"{fullname()}-flavors")["flavors.yaml"]
+    config, flavors = chart_configs(kube_bed, ns)
     # Users' pods live in the chart's users' namespace (Pod Security "restricted"); the harness
     # runs their command as a local process, so the checks are the API server's admission only.
     kubelet = kubelet_thread_factory(yaml.safe_load(config)["spawner"]["namespace"])

@@ -17,9 +17,8 @@ import yaml
 from kubernetes_asyncio import client as k8s
 from playwright.sync_api import Page, expect
 
-from tests.e2e.test_kube_browser import read_configmap
-from tests.support.browser import open_notebook, run_in_notebook, start_flavor, stop_server
-from tests.support.chart_install import fullname, hub_kubeconfig, install_chart, users_namespace
+from tests.support.browser import log_in_real_fence, open_notebook, run_in_notebook, start_flavor, stop_server
+from tests.support.chart_install import chart_configs, hub_kubeconfig, install_chart, users_namespace
 from tests.support.charthub import ChartHub
 from tests.support.kube_fixtures import *  # noqa: F403
 from tests.support.kubebed import KubeBed
@@ -49,8 +48,7 @@ def chart_hub(kube_bed: KubeBed, real_fence: FenceBed, kubelet_thread_factory: A
     client = real_fence.register_hub(f"kube-{ns}", hub.url)
     hub.fence = client  # type: ignore[assignment]
     install_chart(kube_bed, ns, values={"commons": {"url": real_fence.url}, "auth": {"clientId": client.client_id, "clientSecret": client.client_secret}})
-    hub.config_yaml = read_configmap(kube_bed, ns, f"{fullname()}-hub-config")["config.yaml"]
-    hub.flavors_yaml = read_configmap(kube_bed, ns, f"{fullname()}-flavors")["flavors.yaml"]
+    hub.config_yaml, hub.flavors_yaml = chart_configs(kube_bed, ns)
     assert yaml.safe_load(hub.config_yaml)["hub"]["baseUrl"] == base
     hub.kubeconfig = hub_kubeconfig(kube_bed, ns, tmp_path / "hub-kubeconfig")
     # Users' pods and key Secrets live in the chart's users' namespace.
@@ -65,9 +63,7 @@ def chart_hub(kube_bed: KubeBed, real_fence: FenceBed, kubelet_thread_factory: A
 
 def test_kubernetes_path_against_real_fence(page: Page, chart_hub: tuple[ChartHub, str], kube_bed: KubeBed, real_fence: FenceBed) -> None:
     hub, ns = chart_hub
-    page.context.add_cookies([real_fence.browser_cookie("alice")])
-    page.goto(f"{hub.url}hub/login")
-    page.get_by_text("Sign in with").click()
+    log_in_real_fence(page, hub, real_fence, "alice")
     expect(page.locator(".gen3-flavors")).to_be_visible()
     start_flavor(page, hub, "python-small")
     open_notebook(page)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, expect
 
-from tests.e2e.portal import BASE, commons, portal_context, portal_state, wait_portal
+from tests.e2e.portal import BASE, portal_context, portal_state, rev, wait_portal  # noqa: F401 - rev is a fixture
 from tests.support.browser import screenshot_path
 from tests.support.fence import FenceStandIn
 from tests.support.hub import Hub
@@ -24,13 +24,6 @@ def hub(fence: FenceStandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     h = Hub(tmp_path_factory.mktemp("portal"), fence=fence, extra_args=["--base-url", BASE, "--commons-name", "Test Data Commons"]).start()
     yield h
     h.stop()
-
-
-@pytest.fixture(scope="module")
-def rev(fence: FenceStandIn, hub: Hub) -> Iterator[RevProxy]:
-    r = commons(fence, hub)
-    yield r
-    r.stop()
 
 
 def workspace_calls(calls: list[dict]) -> list[str]:

@@ -15,7 +15,7 @@ import yaml
 from playwright.sync_api import Browser, expect
 
 from tests.e2e.portal import portal_context, portal_state, wait_portal
-from tests.support.chart_install import fullname, hub_kubeconfig, install_chart
+from tests.support.chart_install import chart_configs, hub_kubeconfig, install_chart
 from tests.support.charthub import ChartHub
 from tests.support.fence import FenceStandIn
 from tests.support.hub import REPO
@@ -27,21 +27,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.k8s]
 PREFIX = "/lw-workspace/"
 
 
-def read_configmap(bed: KubeBed, namespace: str, name: str) -> dict[str, str]:
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
-
-    from kubernetes_asyncio import client as k8s
-
-    async def read() -> dict[str, str]:
-        async with bed.admin_client() as api:
-            return (await k8s.CoreV1Api(api).read_namespaced_config_map(name, namespace)).data
-
-    # Playwright's sync API owns this thread's event loop; run the client in another thread.
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, read()).result(60)
-
-
 @pytest.fixture
 def commons_on_kube(kube_bed: KubeBed, fence: FenceStandIn, kubelet_thread_factory: Any, tmp_path: Path) -> Iterator[tuple[ChartHub, Any, RevProxy]]:
     for name in ("kim", "kip"):
@@ -49,9 +34,8 @@ def commons_on_kube(kube_bed: KubeBed, fence: FenceStandIn, kubelet_thread_facto
     ns = f"lw-{uuid.uuid4().hex[:6]}"
     kube_bed.create_namespace_sync(ns)
     install_chart(kube_bed, ns, values={"commons": {"url": fence.url}, "auth": {"clientId": fence.client_id, "clientSecret": fence.client_secret}})
-    config = read_configmap(kube_bed, ns, f"{fullname()}-hub-config")["config.yaml"]
+    config, flavors = chart_configs(kube_bed, ns)
     assert yaml.safe_load(config)["portal"]["prefix"] == PREFIX
-    flavors = read_configmap(kube_bed, ns, f"{fullname()}-flavors")["flavors.yaml"]
     # The notebook image installs spawner/singleuser/jupyter_server_config.py (frame
     # ancestors, idle shutdown); the harness runs this venv's server, so point it there.
     singleuser_config = str(REPO / "spawner" / "singleuser")

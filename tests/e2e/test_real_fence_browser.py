@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from gen3workspace.spawner.flavors import default_catalogue_path
-from tests.support.browser import open_notebook, run_in_notebook, screenshot_path, start_flavor, stop_server
+from tests.support.browser import log_in_real_fence, open_notebook, run_in_notebook, screenshot_path, start_flavor, stop_server
 from tests.support.hub import Hub
 from tests.support.realfence import FenceBed
 
@@ -37,24 +37,8 @@ def hub(real_fence: FenceBed, tmp_path_factory: pytest.TempPathFactory) -> Itera
     h.stop()
 
 
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    p = context.new_page()
-    p.set_default_timeout(60_000)
-    yield p
-    context.close()
-
-
-def log_in(page: Page, hub: Hub, bed: FenceBed, user: str) -> None:
-    """Hub login page → Fence authorize → Fence's (mocked) identity provider as `user` → back."""
-    page.context.add_cookies([bed.browser_cookie(user)])
-    page.goto(f"{hub.url}hub/login")
-    page.get_by_text(re.compile("^Sign in with ")).click()
-
-
 def test_login_spawn_sdk_against_real_fence_then_stop_revokes_the_key(page: Page, hub: Hub, real_fence: FenceBed) -> None:
-    log_in(page, hub, real_fence, "alice")
+    log_in_real_fence(page, hub, real_fence, "alice")
     expect(page.locator(".gen3-flavors")).to_be_visible()
     start_flavor(page, hub, "python-small")
     open_notebook(page)
@@ -91,7 +75,7 @@ def test_flavor_access_by_arborist_resource(hub: Hub) -> None:
 
 
 def test_user_without_the_policy_gets_our_403_page(page: Page, hub: Hub, real_fence: FenceBed) -> None:
-    log_in(page, hub, real_fence, "nobody-ned")
+    log_in_real_fence(page, hub, real_fence, "nobody-ned")
     body = page.locator("body")
     expect(body).to_contain_text("403")
     expect(body).to_contain_text("method 'access' for service 'jupyterhub' on resource '/workspace'")
@@ -99,7 +83,7 @@ def test_user_without_the_policy_gets_our_403_page(page: Page, hub: Hub, real_fe
 
 
 def test_permission_removed_while_logged_in_is_lost_at_the_next_refresh(page: Page, hub: Hub, real_fence: FenceBed) -> None:
-    log_in(page, hub, real_fence, "test")
+    log_in_real_fence(page, hub, real_fence, "test")
     expect(page.locator(".gen3-flavors")).to_be_visible()
     real_fence.set_policies("test", [])
     try:
@@ -118,7 +102,7 @@ def test_permission_removed_while_logged_in_is_lost_at_the_next_refresh(page: Pa
 
 
 def test_logout_goes_through_fence_to_an_allowed_url(page: Page, hub: Hub, real_fence: FenceBed) -> None:
-    log_in(page, hub, real_fence, "admin-ada")
+    log_in_real_fence(page, hub, real_fence, "admin-ada")
     expect(page.locator(".gen3-flavors")).to_be_visible()
     assert page.request.get(f"{real_fence.fence_url}/user", max_redirects=0).status == 200, "logged in to Fence"
     fence_hops: list[str] = []

@@ -15,14 +15,8 @@ from gen3workspace.spawner.local import safe_name
 from tests.images.helpers import HOOK, JUPYTER_CONFIG, REQUIREMENTS
 from tests.support import notebook_image
 from tests.support.fence import FenceStandIn
-from tests.support.gen3client import RUN_HOOKS, check_session, hook_profile
+from tests.support.gen3client import RUN_HOOKS, check_session, data_fence, hook_profile
 from tests.support.hub import Hub
-
-DATA_AUTHZ = {
-    "/workspace": [{"service": "jupyterhub", "method": "access"}],
-    "/programs/demo": [{"service": "fence", "method": "read-storage"}],
-}
-
 
 def test_the_assembly_reproduces_every_step_of_the_final_stage() -> None:
     plan = notebook_image.plan()  # raises on any step it could not reproduce
@@ -76,11 +70,7 @@ def userland(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def fence() -> Iterator[FenceStandIn]:
-    f = FenceStandIn()
-    f.add_user("nora", authz=DATA_AUTHZ)
-    f.start()
-    yield f
-    f.stop()
+    yield from data_fence("nora")
 
 
 @pytest.fixture(scope="module")

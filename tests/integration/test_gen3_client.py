@@ -10,22 +10,12 @@ import pytest
 
 from gen3workspace.spawner.local import safe_name
 from tests.support.fence import FenceStandIn
-from tests.support.gen3client import check_refused, check_session, gen3_client, hook_profile, read_profile, run_hooks
+from tests.support.gen3client import check_refused, check_session, data_fence, gen3_client, hook_profile, read_profile, run_hooks
 from tests.support.hub import Hub
-
-DATA_AUTHZ = {
-    "/workspace": [{"service": "jupyterhub", "method": "access"}],
-    "/programs/demo": [{"service": "fence", "method": "read-storage"}],
-}
-
 
 @pytest.fixture(scope="module")
 def fence() -> Iterator[FenceStandIn]:
-    f = FenceStandIn()
-    f.add_user("rita", authz=DATA_AUTHZ)
-    f.start()
-    yield f
-    f.stop()
+    yield from data_fence("rita")
 
 
 @pytest.fixture(scope="module")

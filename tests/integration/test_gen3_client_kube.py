@@ -15,25 +15,15 @@ from gen3workspace.spawner.flavors import default_catalogue_path
 from tests.integration.test_kube_spawn import admin, chart_ns, hub_sa_client, make_spawner, stop  # noqa: F401 - fixtures
 from tests.support import notebook_image
 from tests.support.fence import FenceStandIn
-from tests.support.gen3client import RUN_HOOKS, check_refused, check_session, gen3_client, hook_profile, read_profile
+from tests.support.gen3client import RUN_HOOKS, check_refused, check_session, data_fence, gen3_client, hook_profile, read_profile
 from tests.support.kube_fixtures import *  # noqa: F403
 from tests.support.kubelet import KubeletHarness, RunningPod
 
 pytestmark = pytest.mark.k8s
 
-DATA_AUTHZ = {
-    "/workspace": [{"service": "jupyterhub", "method": "access"}],
-    "/programs/demo": [{"service": "fence", "method": "read-storage"}],
-}
-
-
 @pytest.fixture(scope="module")
 def fence() -> Iterator[FenceStandIn]:
-    f = FenceStandIn()
-    f.add_user("kim", authz=DATA_AUTHZ)
-    f.start()
-    yield f
-    f.stop()
+    yield from data_fence("kim")
 
 
 @pytest.fixture(scope="module")

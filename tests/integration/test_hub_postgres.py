@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from kubernetes_asyncio import client as k8s
 
-from tests.support.chart_install import fullname, hub_kubeconfig, install_chart, users_namespace
+from tests.support.chart_install import chart_configs, hub_kubeconfig, install_chart, users_namespace
 from tests.support.charthub import ChartHub
 from tests.support.fence import FenceStandIn
 from tests.support.kube_fixtures import *  # noqa: F403
@@ -21,15 +18,6 @@ from tests.support.kubebed import KubeBed
 from tests.support.postgres import Postgres
 
 pytestmark = pytest.mark.k8s
-
-
-def read_configmap(bed: KubeBed, namespace: str, name: str) -> dict[str, str]:
-    async def read() -> dict[str, str]:
-        async with bed.admin_client() as api:
-            return (await k8s.CoreV1Api(api).read_namespaced_config_map(name, namespace)).data
-
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, read()).result(60)
 
 
 @pytest.fixture
@@ -59,10 +47,9 @@ def hub(kube_bed: KubeBed, fence: FenceStandIn, postgres: Postgres, kubelet_thre
         "hub": {"db": {"type": "external", "url": postgres.url(), "password": postgres.password}},
     }
     install_chart(kube_bed, ns, values=values)
-    config = read_configmap(kube_bed, ns, f"{fullname()}-hub-config")["config.yaml"]
+    config, flavors = chart_configs(kube_bed, ns)
     db = yaml.safe_load(config)["hub"]["db"]
     assert (db["type"], db["url"]) == ("external", postgres.url()) and postgres.password not in config, "the password stays in the Secret"
-    flavors = read_configmap(kube_bed, ns, f"{fullname()}-flavors")["flavors.yaml"]
     kubelet_thread_factory(users_namespace(ns))  # users' pods live in the chart's users' namespace
     kubeconfig = hub_kubeconfig(kube_bed, ns, tmp_path / "hub-kubeconfig")
     h = ChartHub(

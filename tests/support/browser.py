@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -53,6 +54,16 @@ def log_in(page: Page, hub: Hub, user: str, shot: str | None = None) -> None:
     page.get_by_text(re.compile("^Sign in with ")).click()
     # The Fence stand-in's own login page, as a user would see their IdP.
     page.get_by_role("button", name=f"Log in as {user}").click()
+
+
+def log_in_real_fence(page: Page, hub: Any, bed: Any, user: str) -> None:
+    """Hub login page → real Fence's authorize → Fence's (mocked) identity provider as `user` → back.
+
+    `bed` is a tests.support.realfence.FenceBed; `hub` anything with the hub's `url`.
+    """
+    page.context.add_cookies([bed.browser_cookie(user)])
+    page.goto(f"{hub.url}hub/login")
+    page.get_by_text(re.compile("^Sign in with ")).click()
 
 
 def run_in_notebook(page: Page, code: str) -> str:

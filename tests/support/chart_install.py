@@ -8,16 +8,19 @@ get every object accepted by the API server.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
 import subprocess
 import tempfile
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes_asyncio import client as k8s
 
 from tests.helm.chart import CHART, VALUES_DIR, helm
 from tests.support.kubebed import KubeBed
@@ -134,3 +137,22 @@ def generated_secret_values(bed: KubeBed, namespace: str, release: str = DEFAULT
         raise AssertionError(f"reading Secret {namespace}/{_hub_secret_name(release)} gave HTTP {status}: {body[:300]!r}")
     data = json.loads(body).get("data") or {}
     return {k: base64.b64decode(v).decode("utf-8") for k, v in data.items()}
+
+
+def read_configmap(bed: KubeBed, namespace: str, name: str) -> dict[str, str]:
+    """The ``data`` of a ConfigMap, read with the admin identity through the Kubernetes client."""
+
+    async def read() -> dict[str, str]:
+        async with bed.admin_client() as api:
+            return (await k8s.CoreV1Api(api).read_namespaced_config_map(name, namespace)).data
+
+    # Playwright's sync API owns the calling thread's event loop; run the client in another thread.
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, read()).result(60)
+
+
+def chart_configs(bed: KubeBed, namespace: str, release: str = DEFAULT_RELEASE) -> tuple[str, str]:
+    """The installed chart's hub config.yaml and flavors.yaml, as the hub pod would mount them."""
+    config = read_configmap(bed, namespace, f"{fullname(release)}-hub-config")["config.yaml"]
+    flavors = read_configmap(bed, namespace, f"{fullname(release)}-flavors")["flavors.yaml"]
+    return config, flavors

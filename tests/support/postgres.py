@@ -27,12 +27,17 @@ def bin_dir() -> Path:
 
 
 class Postgres:
-    """`start()` makes a cluster with one database and a password-protected owner; `stop()` ends it by PID."""
+    """`start()` makes a cluster with one database and a password-protected owner (none when `user` is the superuser, as for the real Fence bed); `stop()` ends it by PID."""
 
-    def __init__(self, database: str = "jupyterhub", user: str = "jupyterhub"):
+    def __init__(self, database: str = "jupyterhub", user: str = "jupyterhub", host_auth: str = "scram-sha-256", durable: bool = True, prefix: str = "gen3ws-pg-"):
         # Its own folder directly in /tmp: the server account must be able to reach it, and
         # pytest's tmp folders are private to root.
-        self.dir = Path(tempfile.mkdtemp(prefix="gen3ws-pg-"))
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
+        # How TCP clients authenticate (initdb --auth-host): "trust" for services that are
+        # given no password, like Fence and arborist in the real Fence bed.
+        self.host_auth = host_auth
+        # False trades crash safety for speed (no fsync), for clusters thrown away after a test.
+        self.durable = durable
         self.data = self.dir / "data"
         self.socket_dir = self.dir / "socket"
         self.port = free_port()
@@ -61,12 +66,14 @@ class Postgres:
             if as_server:
                 shutil.chown(pwfile, as_server["user"], as_server["group"])  # type: ignore[arg-type]
             subprocess.run(
-                [str(bins / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8"],
+                [str(bins / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth-local=trust", f"--auth-host={self.host_auth}", f"--pwfile={pwfile}", "-E", "UTF8",
+                 *([] if self.durable else ["--no-sync"])],
                 check=True, capture_output=True, timeout=120, **as_server,  # type: ignore[arg-type]
             )
         logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [str(bins / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.socket_dir), "-c", "listen_addresses=127.0.0.1"],
+            [str(bins / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.socket_dir), "-c", "listen_addresses=127.0.0.1",
+             *([] if self.durable else ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])],
             stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, **as_server,  # type: ignore[arg-type]
         )
         deadline = time.time() + timeout
@@ -91,6 +98,15 @@ class Postgres:
             [str(bin_dir() / "psql"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", "postgres", "-d", database, "-tAc", sql],
             capture_output=True, text=True, timeout=60, check=check,
         )
+
+    def rows(self, sql: str, database: str = "postgres") -> list[list[str]]:
+        """Rows of `sql` run as the superuser in `database` (each a list of text fields); raises on an SQL error."""
+        out = subprocess.run(
+            [str(bin_dir() / "psql"), "-h", str(self.socket_dir), "-p", str(self.port), "-U", "postgres", "-d", database,
+             "-v", "ON_ERROR_STOP=1", "-A", "-t", "-F", "\t", "-c", sql],
+            check=True, capture_output=True, text=True, timeout=60,
+        ).stdout
+        return [line.split("\t") for line in out.splitlines() if line]
 
     def url(self, driver: str = "postgresql+psycopg") -> str:
         """The SQLAlchemy URL without the password, as the chart's hub.db.url takes it."""

@@ -15,7 +15,6 @@ import base64
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gen3workspace.hub.cli import free_port
+from tests.support.postgres import Postgres, bin_dir
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "tests" / "support" / "fencebed" / "build.sh"
@@ -66,13 +66,6 @@ DEFAULT_USERS: dict[str, dict[str, Any]] = {
 }
 
 
-def _pg_bin() -> Path:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not found:
-        raise RuntimeError("PostgreSQL is not installed (Debian package `postgresql`; scripts/setup.sh test installs it)")
-    return found[-1].parent
-
-
 class FenceBed:
     """PostgreSQL, arborist and Fence as child processes; `start()` once, `stop()` by PID."""
 
@@ -83,11 +76,13 @@ class FenceBed:
         self.tmp = Path(tmp or tempfile.mkdtemp(prefix="fencebed-"))
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.home = self.tmp / "home"  # fence-create reads its config only from ~/.gen3/fence
-        self.pg_port, self.arborist_port, self.port = free_port(), free_port(), free_port()
+        # Fence and arborist connect as the superuser with no password; nothing here must survive a crash.
+        self.pg = Postgres(user="postgres", host_auth="trust", durable=False, prefix="fencebed-pg-")
+        self.pg_port = self.pg.port
+        self.arborist_port, self.port = free_port(), free_port()
         self.users = {k: dict(v) for k, v in (users or DEFAULT_USERS).items()}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
-        self.pg_dir: Path | None = None
         self._client_names: dict[str, int] = {}
 
     # --- addresses ---------------------------------------------------------------------
@@ -124,19 +119,17 @@ class FenceBed:
         return self
 
     def stop(self) -> None:
-        for name in ("fence", "arborist", "postgres"):
+        for name in ("fence", "arborist"):
             proc = self.procs.pop(name, None)
             if proc is None or proc.poll() is not None:
                 continue
-            # postgres: SIGINT is its "fast shutdown"; the others stop on SIGTERM.
-            proc.send_signal(signal.SIGINT if name == "postgres" else signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
-        if self.pg_dir:
-            shutil.rmtree(self.pg_dir, ignore_errors=True)
+        self.pg.remove()
 
     def __enter__(self) -> "FenceBed":
         return self.start()
@@ -172,48 +165,21 @@ class FenceBed:
 
     # --- PostgreSQL ----------------------------------------------------------------------
 
-    def _as_postgres(self) -> list[str]:
-        return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"] if os.geteuid() == 0 else []
-
     def _start_postgres(self) -> None:
-        pg = _pg_bin()
-        self.pg_dir = Path(tempfile.mkdtemp(prefix="fencebed-pg-"))
-        if os.geteuid() == 0:
-            shutil.chown(self.pg_dir, "postgres", "postgres")
-        data = self.pg_dir / "data"
-        subprocess.run(
-            [*self._as_postgres(), str(pg / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"],
-            check=True, capture_output=True,
-        )
-        self._spawn(
-            "postgres",
-            [*self._as_postgres(), str(pg / "postgres"), "-D", str(data), "-p", str(self.pg_port),
-             "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.pg_dir}",
-             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
-        )
-        deadline = time.monotonic() + 30
-        while subprocess.run([str(pg / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "postgres"], capture_output=True).returncode != 0:
-            if self.procs["postgres"].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"PostgreSQL did not start:\n{self.log('postgres')[-3000:]}")
-            time.sleep(0.1)
+        self.pg.start(timeout=30)
         for db in ("fence", "arborist"):
             self.psql("postgres", f"CREATE DATABASE {db}")
 
     def psql(self, db: str, sql: str) -> list[list[str]]:
         """Rows of `sql` run in database `db` (each a list of text fields)."""
-        out = subprocess.run(
-            [str(_pg_bin() / "psql"), "-h", "127.0.0.1", "-p", str(self.pg_port), "-U", "postgres", "-d", db,
-             "-v", "ON_ERROR_STOP=1", "-A", "-t", "-F", "\t", "-c", sql],
-            check=True, capture_output=True, text=True,
-        ).stdout
-        return [line.split("\t") for line in out.splitlines() if line]
+        return self.pg.rows(sql, database=db)
 
     # --- arborist --------------------------------------------------------------------------
 
     def _start_arborist(self) -> None:
         src = self.cache / "src" / "arborist"
         env = {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(self.pg_port), "PGUSER": "postgres",
-               "PGDATABASE": "arborist", "PGSSLMODE": "disable", "PATH": f"{_pg_bin()}:{os.environ['PATH']}"}
+               "PGDATABASE": "arborist", "PGSSLMODE": "disable", "PATH": f"{bin_dir()}:{os.environ['PATH']}"}
         # Arborist's own migration runner: each migrations/*/up.sql in order.
         done = subprocess.run(["bash", "migrations/latest"], cwd=src, env=env, capture_output=True, text=True)
         if done.returncode != 0 or "problem" in done.stdout:

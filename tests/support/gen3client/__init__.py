@@ -8,9 +8,11 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from tests.support.fence import FenceStandIn
 
 REPO = Path(__file__).resolve().parents[3]
 HERE = Path(__file__).resolve().parent
@@ -18,6 +20,12 @@ BUILD = HERE / "build.sh"
 RUN_HOOKS = HERE / "run-hooks.sh"
 HOOKS_DIR = REPO / "images" / "notebook" / "before-notebook.d"
 CONFIG = Path(".gen3") / "gen3_client_config.ini"
+
+# A workspace user who may also read the demo program's data, which gen3-client downloads.
+DATA_AUTHZ = {
+    "/workspace": [{"service": "jupyterhub", "method": "access"}],
+    "/programs/demo": [{"service": "fence", "method": "read-storage"}],
+}
 
 _binary: Path | None = None
 
@@ -31,6 +39,15 @@ def binary() -> Path:
             raise RuntimeError(f"tests/support/gen3client/build.sh failed:\n{result.stderr[-3000:]}")
         _binary = Path(result.stdout.strip())
     return _binary
+
+
+def data_fence(user: str) -> Iterator[FenceStandIn]:
+    """A running Fence stand-in with one user holding DATA_AUTHZ, for a module-scoped fixture to `yield from`."""
+    f = FenceStandIn()
+    f.add_user(user, authz=DATA_AUTHZ)
+    f.start()
+    yield f
+    f.stop()
 
 
 def run_hooks(env: Mapping[str, str], hooks_dir: Path = HOOKS_DIR, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
