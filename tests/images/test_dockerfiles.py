@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.images.helpers import IMAGES, REPO_ROOT
+from tests.support.notebook_image import instructions
 
 NOTEBOOK_DOCKERFILE = IMAGES / "notebook" / "Dockerfile"
 HUB_DOCKERFILE = IMAGES / "hub" / "Dockerfile"
@@ -31,21 +32,6 @@ def arg_default(dockerfile: Path, name: str) -> str:
     match = re.search(rf"^ARG {name}=(\S*)$", dockerfile.read_text(encoding="utf-8"), re.MULTILINE)
     assert match, f"no ARG {name}=... in {dockerfile}"
     return match.group(1)
-
-
-def instructions(dockerfile: Path) -> list[str]:
-    """Dockerfile instructions with their continuation lines joined, comments dropped."""
-    result: list[str] = []
-    current = ""
-    for line in dockerfile.read_text(encoding="utf-8").splitlines():
-        if not current and (not line.strip() or line.lstrip().startswith("#")):
-            continue
-        if line.rstrip().endswith("\\"):
-            current += line.rstrip()[:-1]  # Docker joins continuation lines as they are
-        else:
-            result.append(current + line)
-            current = ""
-    return result
 
 
 def test_the_expected_dockerfiles_are_linted() -> None:

@@ -25,7 +25,7 @@ def instructions(dockerfile: Path = DOCKERFILE) -> list[str]:
         if not current and (not line.strip() or line.lstrip().startswith("#")):
             continue
         if line.rstrip().endswith("\\"):
-            current += line.rstrip()[:-1]
+            current += line.rstrip()[:-1]  # Docker joins continuation lines as they are
         else:
             result.append(current + line)
             current = ""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ from tornado.httpclient import HTTPRequest
 from gen3workspace.hub.cli import free_port
 from tests.support.fakes import FakeUser
 from tests.support.fence import FenceStandIn
-from tests.unit.test_kube_spawner import fence_session, kubeconfig, make_spawner  # noqa: F401 - kubeconfig: autouse fixture
+from tests.unit.test_kube_spawner import fence, fence_session, kubeconfig, make_spawner  # noqa: F401 - fence: fixture, kubeconfig: autouse fixture
 
 
 class CountingUser(FakeUser):
@@ -27,15 +26,6 @@ class CountingUser(FakeUser):
     async def get_auth_state(self) -> dict[str, Any]:
         self.reads += 1
         return await super().get_auth_state()
-
-
-@pytest.fixture(scope="module")
-def fence() -> Iterator[FenceStandIn]:
-    f = FenceStandIn()
-    f.add_user("alice")
-    f.start()
-    yield f
-    f.stop()
 
 
 @pytest.fixture
