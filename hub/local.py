@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from gen3workspace.hub.pages import configure_pages
+from gen3workspace.spawner.grammar import check_csp_sources
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,9 +77,6 @@ def csp_header(frame_ancestors: list[str]) -> str:
     from gen3workspace.spawner.grammar import check_csp_sources
 
     # Checked again here: settings.json is a file someone could edit by hand.
-    # Imported here: its schema validator takes a while to load, and `gen3-workspace up` never needs it.
-    from gen3workspace.spawner.grammar import check_csp_sources
-
     return "frame-ancestors " + " ".join(["'self'", *check_csp_sources(frame_ancestors, "frame_ancestors")])
 
 
