@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 from typing import Any
 from urllib.parse import urlencode
@@ -15,7 +13,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Bool, Dict, Integer, TraitError, Unicode, default, validate
 
 from gen3workspace.hub import fenceanswers, logscrub
-from gen3workspace.hub.fenceanswers import FenceAnswerError
+from gen3workspace.hub.fenceanswers import FenceAnswerError, jwt_claims
 from gen3workspace.hub.pages import leave_frame
 from gen3workspace.spawner.common import FENCE_MAX_CLIENTS
 from gen3workspace.spawner.flavors import has_permission
@@ -43,17 +41,6 @@ def add_fence_admin_role(c: Any) -> None:
             "groups": [FENCE_ADMIN_GROUP],
         },
     ]
-
-
-def jwt_claims(token: str | None) -> dict[str, Any]:
-    """The claims of a JWT without verifying it: only used to read `exp` of our own token."""
-    if not token or token.count(".") != 2:
-        return {}
-    payload = token.split(".")[1]
-    try:
-        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (ValueError, TypeError):
-        return {}
 
 
 def _fence_unreachable(e: BaseException) -> bool:

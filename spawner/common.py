@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import inspect
 import json
@@ -17,7 +16,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import LoggingConfigurable
 
-from gen3workspace.hub.fenceanswers import FenceAnswerError, api_key_answer
+from gen3workspace.hub.fenceanswers import FenceAnswerError, api_key_answer, jwt_claims
 
 from .flavors import Catalogue, CatalogueError, Flavor, default_catalogue_path, format_memory, shared_watcher, user_may_launch
 from .grammar import GrammarError, check_csp_sources, check_no_proxy, check_url_base, short
@@ -48,11 +47,8 @@ def fence_http_client() -> AsyncHTTPClient:
 
 def jwt_scope(token: str) -> list[str] | None:
     """The `scope` claim of a Fence JWT (not verified: only to explain a refusal early), or None if unreadable."""
-    try:
-        payload = token.split(".")[1]
-        scope = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))).get("scope")
-    except (IndexError, ValueError, AttributeError):
-        return None
+    claims = jwt_claims(token)
+    scope = claims.get("scope") if isinstance(claims, dict) else None
     if isinstance(scope, str):
         return scope.split()
     return [str(s) for s in scope] if isinstance(scope, list) else None
