@@ -104,6 +104,7 @@ def _traits(cls: type, own_only: tuple[type, ...]) -> list[str]:
 def settings_reference() -> str:
     from gen3workspace.hub.auth import Gen3OAuthenticator
     from gen3workspace.hub.devauth import DevAuthenticator
+    from gen3workspace.hub.identity import Gen3Identity
     from gen3workspace.hub.launcher import Gen3Launcher
     from gen3workspace.spawner.common import Gen3SpawnerMixin
     from gen3workspace.spawner.kube import Gen3KubeSpawner
@@ -125,9 +126,9 @@ def settings_reference() -> str:
          "no service-account token, no service links."),
         ("Gen3LocalSpawner", Gen3LocalSpawner, (Gen3LocalSpawner,), "The embedded mode's spawner (`gen3-workspace up`)."),
         ("DevAuthenticator", DevAuthenticator, (DevAuthenticator,), "The embedded mode's localhost-only dev login."),
-        ("Gen3Launcher", Gen3Launcher, (Gen3Launcher,),
+        ("Gen3Launcher", Gen3Launcher, (Gen3Launcher, Gen3Identity),
          "The data portal's launcher API and the identity gate in front of users' servers, served by the hub when "
-         "`JupyterHub.proxy_class` is `gen3workspace.hub.launcher.Gen3Proxy` (the chart and `gen3-workspace up` set it). "
+         "`JupyterHub.proxy_class` is `gen3workspace.hub.gate.Gen3Proxy` (the chart and `gen3-workspace up` set it). "
          "See docs/portal.md and docs/architecture.md."),
     ]
     lines = [

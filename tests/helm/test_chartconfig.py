@@ -291,7 +291,7 @@ def test_every_setting_the_chart_makes_is_a_real_trait(tmp_path: Path) -> None:
 
 def test_portal_launcher_isolation_and_cookies(tmp_path: Path) -> None:
     c = _apply(tmp_path, overrides={"commons": {"url": "https://data.example.org"}, "portal": {"prefix": "/lw-workspace/", "cookieSameSite": "Strict"}})
-    assert c.JupyterHub.proxy_class == "gen3workspace.hub.launcher.Gen3Proxy"
+    assert c.JupyterHub.proxy_class == "gen3workspace.hub.gate.Gen3Proxy"
     assert c.Gen3Launcher.prefix == "/lw-workspace/" and c.Gen3Launcher.isolate_servers is True
     assert c.JupyterHub.public_url == "https://data.example.org/workspace/"
     assert c.JupyterHub.tornado_settings["cookie_options"] == {"samesite": "Strict"}
