@@ -8,8 +8,12 @@ chart stay thin, as in Zero to JupyterHub.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import os
+import secrets
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,9 @@ ENV_COOKIE_SECRET = "GEN3WS_COOKIE_SECRET"
 ENV_CRYPT_KEY = "JUPYTERHUB_CRYPT_KEY"
 ENV_PROXY_TOKEN = "CONFIGPROXY_AUTH_TOKEN"
 ENV_DB_PASSWORD = "GEN3WS_DB_PASSWORD"
+
+# The keys the hub generates itself when no existing Secret gives them: Secret key -> env var.
+GENERATED_KEYS = {"cookie-secret": ENV_COOKIE_SECRET, "crypt-key": ENV_CRYPT_KEY, "proxy-token": ENV_PROXY_TOKEN}
 
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
 
@@ -100,6 +107,69 @@ def _check_driver(url: str) -> None:
         ) from None
 
 
+def generated_keys(cfg: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """The cookie secret, crypt key and proxy token the env lacks, read from (or first written to) the hub's Secret.
+
+    The chart renders no generated value (`helm template` in Argo CD or Flux has no cluster to
+    `lookup`, so every render would make new ones and log everyone out): it renders the hub
+    Secret without them and lets the hub, through its ServiceAccount (get and patch on that one
+    Secret), write each missing key once at first start and read it back on every start after.
+    Keys given by env (hub.existingSecret) are never generated.
+    """
+    where = _get(cfg, "hub.generatedKeys", {}) or {}
+    missing = {key: env for key, env in GENERATED_KEYS.items() if not environ.get(env)}
+    if not missing or not where.get("secret"):
+        return {}
+    name, namespace = str(where["secret"]), str(where.get("namespace") or _get(cfg, "release.namespace", "default"))
+    # JupyterHub loads its config inside its running event loop: the client runs in its own.
+    with ThreadPoolExecutor(1) as pool:
+        stored = pool.submit(asyncio.run, _ensure_keys(name, namespace, list(missing))).result(120)
+    return {env: stored[key] for key, env in missing.items()}
+
+
+async def _ensure_keys(name: str, namespace: str, keys: list[str]) -> dict[str, str]:
+    from kubernetes_asyncio import client, config
+    from kubernetes_asyncio.client.rest import ApiException
+
+    where = f"Secret {namespace}/{name}"
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        # Outside a pod (the test beds): the kubeconfig KUBECONFIG names, read now, not at import.
+        try:
+            await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+        except config.ConfigException as e:
+            raise ChartConfigError(f"cannot reach the Kubernetes API to read the hub's generated keys from {where}: {e}; or give them in hub.existingSecret") from None
+    async with client.ApiClient() as api:
+        v1 = client.CoreV1Api(api)
+
+        async def read() -> tuple[str, dict[str, str]]:
+            try:
+                secret = await v1.read_namespaced_secret(name, namespace)
+            except ApiException as e:
+                hint = {403: "the hub's ServiceAccount may not read it (the chart's Role <release>-hub-keys grants get and patch)", 404: "it does not exist; the chart creates it: run helm upgrade (or let your GitOps tool sync) again"}
+                raise ChartConfigError(f"cannot read the hub's generated keys from {where} (HTTP {e.status}): {hint.get(e.status, e.reason)}") from None
+            data = {k: base64.b64decode(v).decode("ascii") for k, v in (secret.data or {}).items() if k in GENERATED_KEYS}
+            return secret.metadata.resource_version, data
+
+        version, data = await read()
+        new = {key: secrets.token_hex(32) for key in keys if not data.get(key)}
+        if not new:
+            return data
+        # resourceVersion makes the write conditional: a hub that lost a race reads the winner's keys.
+        body = {"metadata": {"resourceVersion": version}, "data": {k: base64.b64encode(v.encode()).decode() for k, v in new.items()}}
+        try:
+            await v1.patch_namespaced_secret(name, namespace, body, _content_type="application/merge-patch+json")
+        except ApiException as e:
+            if e.status != 409:
+                raise ChartConfigError(f"cannot store the hub's generated keys in {where} (HTTP {e.status}): the hub's ServiceAccount needs patch on it (the chart's Role <release>-hub-keys)") from None
+            _, data = await read()
+            if any(not data.get(key) for key in keys):
+                raise ChartConfigError(f"{where} changed while the hub stored its generated keys and still lacks some; restart the hub") from None
+            return data
+        return {**data, **new}
+
+
 def _oauth_callback_url(cfg: Mapping[str, Any]) -> str:
     explicit = _get(cfg, "auth.callbackUrl", "")
     if explicit:
@@ -165,6 +235,7 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
     c.ConfigurableHTTPProxy.should_start = False
     c.ConfigurableHTTPProxy.api_url = _get(cfg, "proxy.apiUrl")
 
+    environ = {**environ, **generated_keys(cfg, environ)}
     cookie_hex = environ.get(ENV_COOKIE_SECRET, "")
     if cookie_hex:
         try:

@@ -199,7 +199,8 @@ def test_existing_secret_values_file(tmp_path: Path) -> None:
 
 
 def test_missing_secrets_leave_traits_unset(tmp_path: Path) -> None:
-    c = _apply(tmp_path, env={})
+    # hub.existingSecret: nothing is generated, so what the env lacks stays unset.
+    c = _apply(tmp_path, "hub-existing-secret.yaml", env={})
     for section, trait in (("Gen3OAuthenticator", "client_secret"), ("JupyterHub", "cookie_secret"), ("ConfigurableHTTPProxy", "auth_token"), ("CryptKeeper", "keys")):
         assert trait not in c[section], f"{section}.{trait}"
 
@@ -224,7 +225,7 @@ def test_errors_name_the_setting(tmp_path: Path) -> None:
     with pytest.raises(ChartConfigError, match="hub.db.url"):
         apply(Config(), no_db, environ={})
     with pytest.raises(ChartConfigError, match="not hex"):
-        apply(Config(), _rendered_config(tmp_path, "defaults.yaml"), environ={"GEN3WS_COOKIE_SECRET": "zz"})
+        apply(Config(), _rendered_config(tmp_path, "defaults.yaml"), environ={**ENV, "GEN3WS_COOKIE_SECRET": "zz"})
 
 
 def test_the_traits_set_exist_on_the_classes(tmp_path: Path) -> None:

@@ -45,11 +45,16 @@ class ChartHub(Hub):
     def __init__(
         self, tmp: Path, fence: FenceStandIn, kubeconfig: Path, config_yaml: str, flavors_yaml: str, base_url: str = "/workspace/",
         chart_db: bool = False, extra_config: str = "", extra_env: dict[str, str] | None = None, read_only_root: bool = False,
+        keys_from_secret: bool = False,
     ):
         """`config_yaml` and `flavors_yaml`: the data of the ConfigMaps the chart installed.
 
         `chart_db`: use the database the chart config names (hub.db) instead of a sqlite file.
         The hub Secret's values are made once, so a restarted hub reads what it stored.
+
+        `keys_from_secret`: give the hub no cookie secret, crypt key or proxy token, as the chart
+        does without hub.existingSecret: the hub makes them in the chart's hub Secret through
+        its ServiceAccount (the kubeconfig) and reads them back when it restarts.
 
         `read_only_root`: run the hub (and the proxy it starts) in a mount namespace whose root
         file system is read-only except /tmp, as the chart's readOnlyRootFilesystem has it
@@ -60,12 +65,12 @@ class ChartHub(Hub):
         self.read_only_root = read_only_root
         # Fixed per instance, so a restarted hub is found where the servers it started expect it.
         self.hub_port, self.api_port = free_port(), free_port()
-        self.secret_env = {
+        generated = {} if keys_from_secret else {
             "GEN3WS_COOKIE_SECRET": secrets.token_hex(32),
             "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32),
             "CONFIGPROXY_AUTH_TOKEN": secrets.token_hex(32),
-            **(extra_env or {}),
         }
+        self.secret_env = {**generated, **(extra_env or {})}
         self.kubeconfig = kubeconfig
         self.config_yaml = config_yaml
         self.flavors_yaml = flavors_yaml
