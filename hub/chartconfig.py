@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import secrets
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 from gen3workspace.hub.auth import add_fence_admin_role
 from gen3workspace.hub.launcher import configure_portal
 from gen3workspace.hub.pages import configure_pages
+from gen3workspace.spawner.flavors import CatalogueError, group_warnings, shared_watcher
 from gen3workspace.spawner.grammar import GrammarError, check_csp_sources, check_url_base
 from gen3workspace.spawner.safeyaml import SafeYAMLError, read_yaml_file
 
@@ -168,6 +170,19 @@ async def _ensure_keys(name: str, namespace: str, keys: list[str]) -> dict[str, 
                 raise ChartConfigError(f"{where} changed while the hub stored its generated keys and still lacks some; restart the hub") from None
             return data
         return {**data, **new}
+
+
+def _check_flavors_at_start(flavor_file: str, known_groups: set[str]) -> None:
+    """Load the mounted catalogue now, so its warnings (allowed_groups with Fence login) are in the start-up log; reloads warn again."""
+    if not Path(flavor_file).is_file():
+        return  # the spawner reports a missing catalogue where users meet it
+    # JupyterHub's own logger: the spawners log through it too, once it is set up.
+    watcher = shared_watcher(flavor_file, logging.getLogger("JupyterHub"))
+    watcher.warnings = lambda catalogue: group_warnings(catalogue, known_groups)
+    try:
+        watcher.current()
+    except CatalogueError:
+        pass  # logged by the watcher; the hub still starts and keeps the users' servers
 
 
 def _oauth_callback_url(cfg: Mapping[str, Any]) -> str:
@@ -336,6 +351,8 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
     # delete PVCs, so users' drives survive even a user's deletion.
     spawner.common_labels = {**KUBESPAWNER_COMMON_LABELS, **_get(cfg, "spawner.commonLabels", {})}
     spawner.delete_pvc = False
+
+    _check_flavors_at_start(spawner.flavor_file, set(auth.authz_groups.values()) | set(auth.admin_groups))
 
     # --- z2jh-style passthrough: last, so operators can override anything above -------------
     for class_name, traits in (_get(cfg, "hub.config", {}) or {}).items():

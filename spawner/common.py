@@ -18,7 +18,7 @@ from traitlets.config import LoggingConfigurable
 
 from gen3workspace.hub.fenceanswers import FenceAnswerError, api_key_answer, jwt_claims
 
-from .flavors import Catalogue, CatalogueError, Flavor, default_catalogue_path, format_memory, shared_watcher, user_may_launch
+from .flavors import Catalogue, CatalogueError, Flavor, default_catalogue_path, format_memory, group_warnings, shared_watcher, user_may_launch
 from .grammar import GrammarError, check_csp_sources, check_no_proxy, check_url_base, short
 
 _templates = Environment(
@@ -184,11 +184,24 @@ class Gen3SpawnerMixin(LoggingConfigurable):
     # --- the catalogue and who may launch what ----------------------------------------
 
     def catalogue(self) -> Catalogue:
+        watcher = shared_watcher(self.flavor_file, self.log)
+        if watcher.warnings is None:
+            watcher.warnings = self._catalogue_warnings
         try:
-            return shared_watcher(self.flavor_file, self.log).current()
+            return watcher.current()
         except CatalogueError as e:
             self.log.error("%s", e)
             raise web.HTTPError(503, "The flavor catalogue could not be loaded; the workspace administrators have been told in the hub log.") from None
+
+    def _catalogue_warnings(self, catalogue: Catalogue) -> list[str]:
+        """allowed_groups with Fence login: Fence fills no groups for policy access (group_warnings)."""
+        a = self.authenticator
+        # Fence login is the authenticator with authz_groups (Gen3OAuthenticator); the dev login
+        # and other authenticators fill groups themselves.
+        if a is None or not hasattr(a, "authz_groups"):
+            return []
+        known = set(getattr(a, "authz_groups", {}).values()) | set(getattr(a, "admin_groups", ()) or ())
+        return group_warnings(catalogue, known)
 
     _in_start = False
 

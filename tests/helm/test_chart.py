@@ -544,7 +544,7 @@ def test_gpu_flavor_catalogue_renders_for_the_hub() -> None:
     rendered = yaml.safe_load(find(docs, "ConfigMap", f"{FULLNAME}-flavors")["data"]["flavors.yaml"])
     catalogue = validate_catalogue(rendered, "rendered ConfigMap")
     a100 = catalogue.get("a100")
-    assert a100 and a100.gpu == 2 and a100.allowed_groups == ("gpu-users",) and a100.authz_resource == "/workspace/gpu"
+    assert a100 and a100.gpu == 2 and a100.allowed_groups == ("gpu-users",) and a100.authz_resource == "/workspace-flavors/gpu"
 
 
 def test_flavors_are_mounted_as_a_directory_where_the_hub_reads_them() -> None:

@@ -85,8 +85,12 @@ def serialize(obj: Any) -> dict[str, Any]:
     return ApiClient.__new__(ApiClient).sanitize_for_serialization(obj)
 
 
+# Fence authz of a user holding the example GPU flavor's resource (the workspace-gpu policy).
+GPU_AUTHZ = {"oauth_user": {"authz": {p: [{"service": "jupyterhub", "method": "access"}] for p in ("/workspace", "/workspace-flavors/gpu")}}}
+
+
 async def manifests(flavor: str, user: FakeUser | None = None, **traits: Any) -> tuple[Gen3KubeSpawner, dict, dict, dict]:
-    spawner = make_spawner(user or FakeUser("alice@uchicago.edu", ["gpu-users"]), **traits)
+    spawner = make_spawner(user or FakeUser("alice@uchicago.edu", auth_state=GPU_AUTHZ), **traits)
     spawner.user_options = {"flavor": flavor}
     await spawner.load_user_options()
     spawner._api_key_id = "key-1"
@@ -186,7 +190,7 @@ async def test_form_lists_only_the_flavors_the_user_may_launch() -> None:
     outsider = make_spawner(FakeUser("alice", ["analysts"]))
     form = await outsider.get_options_form()
     assert 'value="python-small"' in form and 'value="r-large"' in form and "python-gpu" not in form
-    member = make_spawner(FakeUser("gabi", ["gpu-users"]))
+    member = make_spawner(FakeUser("gabi", auth_state=GPU_AUTHZ))
     form = await member.get_options_form()
     assert 'value="python-gpu"' in form and "1 GPU" in form and "notebook-python" in form
 
