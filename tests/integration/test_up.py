@@ -10,6 +10,7 @@ from pathlib import Path
 
 import requests
 
+from gen3workspace.spawner.flavors import default_catalogue_path
 from tests.support.hub import Hub
 from tests.support.processes import pid_alive
 
@@ -29,7 +30,13 @@ def dev_login(hub: Hub, user: str) -> requests.Session:
 
 
 def test_up_prints_the_url_serves_login_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    hub = Hub(tmp_path, extra_args=["--dev-group", "alice=gpu-users"]).start()
+    # The dev login fills groups (--dev-group), not arborist resources: a group-restricted GPU
+    # flavor shows what --dev-group does (the shipped example restricts it by resource).
+    flavors = tmp_path / "flavors.yaml"
+    example = default_catalogue_path().read_text(encoding="utf-8")
+    assert "    authz_resource: /workspace-flavors/gpu\n" in example
+    flavors.write_text(example.replace("    authz_resource: /workspace-flavors/gpu\n", "    allowed_groups: [gpu-users]\n"), encoding="utf-8")
+    hub = Hub(tmp_path, extra_args=["--dev-group", "alice=gpu-users", "--flavors", str(flavors)]).start()
     try:
         assert f"open {hub.url}" in hub.log()
         page = requests.get(hub.url, timeout=30)
