@@ -34,11 +34,10 @@ DEFAULT_SQLITE_PATH = "/srv/jupyterhub/jupyterhub.sqlite"
 ENV_CLIENT_SECRET = "GEN3WS_CLIENT_SECRET"
 ENV_COOKIE_SECRET = "GEN3WS_COOKIE_SECRET"
 ENV_CRYPT_KEY = "JUPYTERHUB_CRYPT_KEY"
-ENV_PROXY_TOKEN = "CONFIGPROXY_AUTH_TOKEN"
 ENV_DB_PASSWORD = "GEN3WS_DB_PASSWORD"
 
 # The keys the hub generates itself when no existing Secret gives them: Secret key -> env var.
-GENERATED_KEYS = {"cookie-secret": ENV_COOKIE_SECRET, "crypt-key": ENV_CRYPT_KEY, "proxy-token": ENV_PROXY_TOKEN}
+GENERATED_KEYS = {"cookie-secret": ENV_COOKIE_SECRET, "crypt-key": ENV_CRYPT_KEY}
 
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
 
@@ -110,7 +109,7 @@ def _check_driver(url: str) -> None:
 
 
 def generated_keys(cfg: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
-    """The cookie secret, crypt key and proxy token the env lacks, read from (or first written to) the hub's Secret.
+    """The cookie secret and crypt key the env lacks, read from (or first written to) the hub's Secret.
 
     The chart renders no generated value (`helm template` in Argo CD or Flux has no cluster to
     `lookup`, so every render would make new ones and log everyone out): it renders the hub
@@ -246,9 +245,9 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
     ancestors = " ".join(["'self'", *frame_ancestors])
     _merge(c.JupyterHub, {"tornado_settings": {"headers": {"Content-Security-Policy": f"frame-ancestors {ancestors}"}}})
 
-    # The proxy runs as its own Deployment; the hub only talks to its API.
-    c.ConfigurableHTTPProxy.should_start = False
-    c.ConfigurableHTTPProxy.api_url = _get(cfg, "proxy.apiUrl")
+    # The engine (nginx) runs as a Deployment of its own, its config rendered by the chart from
+    # the same file as the embedded mode's (files/engine.conf); the hub only answers its decisions.
+    c.Gen3Proxy.should_start = False
 
     environ = {**environ, **generated_keys(cfg, environ)}
     cookie_hex = environ.get(ENV_COOKIE_SECRET, "")
@@ -257,9 +256,6 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
             c.JupyterHub.cookie_secret = bytes.fromhex(cookie_hex)
         except ValueError:
             raise ChartConfigError(f"{ENV_COOKIE_SECRET} is not hex; delete the hub Secret's cookie-secret key and upgrade to regenerate it") from None
-    proxy_token = environ.get(ENV_PROXY_TOKEN, "")
-    if proxy_token:
-        c.ConfigurableHTTPProxy.auth_token = proxy_token
     crypt_key = environ.get(ENV_CRYPT_KEY, "")
     if crypt_key:
         # auth_state (the user's Fence tokens) is only stored encrypted.
@@ -269,7 +265,6 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
 
     # --- the portal's launcher API, origin isolation, cookies --------------------------------
     c.Gen3Launcher.enabled = bool(_get(cfg, "portal.enabled", True))
-    c.Gen3Launcher.isolate_servers = bool(_get(cfg, "portal.isolateServers", True))
     host = _get(cfg, "hub.host", "")
     # Behind the commons' TLS-terminating revproxy the hub sees http: public_url makes its
     # cookies Secure anyway. A plain-http commons (a test bed) keeps them usable.

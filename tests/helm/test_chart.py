@@ -467,7 +467,8 @@ def test_hub_egress_is_what_it_talks_to(values: str) -> None:
             continue
         for peer in peers:
             if _peer_is(peer, _pod_labels(docs, f"{FULLNAME}-proxy"), NAMESPACE, NAMESPACE):
-                seen.append(("proxy api", _ports(rule)))
+                # The engine has no API: the hub never calls it.
+                seen.append(("proxy", _ports(rule)))
             elif _peer_is(peer, _notebook_labels(docs), user_ns, NAMESPACE):
                 seen.append(("servers", _ports(rule)))
             elif peer.get("podSelector") == dns["podSelector"]:
@@ -483,7 +484,7 @@ def test_hub_egress_is_what_it_talks_to(values: str) -> None:
                 entry = next(e for e in hub["allowedEgress"] if any(_same_peer(peer, want) for want in e["to"]))
                 assert _ports(rule) == _ports(entry)
                 seen.append((entry["name"], _ports(rule)))
-    expected = [("proxy api", [(8001, "TCP")]), ("servers", [("notebook-port", "TCP")]), ("dns", [(53, "TCP"), (53, "UDP")])]
+    expected = [("servers", [("notebook-port", "TCP")]), ("dns", [(53, "TCP"), (53, "UDP")])]
     expected += [("api server", sorted((p, "TCP") for p in api["ports"])), ("fence", sorted((p, "TCP") for p in fence["ports"]))]
     if external_db:
         expected.append(("database", [(5432, "TCP")]))
@@ -599,7 +600,7 @@ def _env(pod: Obj) -> dict[str, Obj]:
     return {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
 
 
-GENERATED_ENV = ("GEN3WS_COOKIE_SECRET", "JUPYTERHUB_CRYPT_KEY", "CONFIGPROXY_AUTH_TOKEN")
+GENERATED_ENV = ("GEN3WS_COOKIE_SECRET", "JUPYTERHUB_CRYPT_KEY")
 
 
 def test_hub_secret_carries_what_the_operator_gives_and_no_generated_key() -> None:
@@ -610,8 +611,9 @@ def test_hub_secret_carries_what_the_operator_gives_and_no_generated_key() -> No
     assert env["GEN3WS_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": f"{FULLNAME}-hub", "key": "client-secret"}
     assert not [name for name in GENERATED_ENV if name in env], "the hub reads its generated keys itself"
     assert hub_config(docs)["hub"]["generatedKeys"] == {"secret": f"{FULLNAME}-hub", "namespace": NAMESPACE}
-    proxy_env = _env(find(docs, "Deployment", f"{FULLNAME}-proxy")["spec"]["template"])
-    assert proxy_env["CONFIGPROXY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": f"{FULLNAME}-hub", "key": "proxy-token"}
+    # The engine has no API and so no token (configurable-http-proxy's is gone).
+    assert "CONFIGPROXY_AUTH_TOKEN" not in env
+    assert not find(docs, "Deployment", f"{FULLNAME}-proxy")["spec"]["template"]["spec"]["containers"][0].get("env")
     # The hub may read and patch that one Secret in the release namespace, nothing else there.
     keys_role = find(docs, "Role", f"{FULLNAME}-hub-keys")
     assert keys_role["metadata"]["namespace"] == NAMESPACE
@@ -644,11 +646,8 @@ def test_hub_existing_secret_gives_every_key_and_nothing_is_generated() -> None:
     assert refs == {
         "GEN3WS_COOKIE_SECRET": {"name": "workspace-keys", "key": "cookie"},
         "JUPYTERHUB_CRYPT_KEY": {"name": "workspace-keys", "key": "crypt"},
-        "CONFIGPROXY_AUTH_TOKEN": {"name": "workspace-keys", "key": "proxy-token"},
         "GEN3WS_CLIENT_SECRET": {"name": "workspace-keys", "key": "client-secret"},
     }
-    proxy_env = _env(find(docs, "Deployment", f"{FULLNAME}-proxy")["spec"]["template"])
-    assert proxy_env["CONFIGPROXY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "workspace-keys", "key": "proxy-token"}
     assert _secret_data(docs) == {}, "the chart's Secret holds nothing the operator's gives"
     assert hub_config(docs)["hub"]["generatedKeys"] == {}
     assert [r["metadata"]["name"] for r in find_all(docs, "Role")] == [f"{FULLNAME}-hub"], "no right on the release namespace's Secrets"
@@ -701,7 +700,9 @@ def test_writable_folders_are_empty_dirs_on_a_read_only_root(values: str) -> Non
         volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
         for c in template["spec"]["containers"]:
             writable = {m["mountPath"]: volumes[m["name"]] for m in c.get("volumeMounts", []) if not m.get("readOnly")}
-            assert "/tmp" in writable and "emptyDir" in writable["/tmp"], name
+            # nginx writes only under its prefix; everything else wants a /tmp.
+            scratch = "/var/run/gen3-engine" if name.endswith("-proxy") else "/tmp"
+            assert scratch in writable and "emptyDir" in writable[scratch], name
             for path, volume in writable.items():
                 assert "emptyDir" in volume or "persistentVolumeClaim" in volume, (name, path)
             if name.endswith("-hub"):
@@ -754,13 +755,11 @@ def test_hub_connects_through_the_rendered_services() -> None:
     docs = render("custom-whitelist.yaml")
     config = hub_config(docs)
     hub_svc = find(docs, "Service", f"{FULLNAME}-hub")
-    api_svc = find(docs, "Service", f"{FULLNAME}-proxy-api")
     assert config["hub"]["connectUrl"] == f"http://{hub_svc['metadata']['name']}.{NAMESPACE}.svc:{hub_svc['spec']['ports'][0]['port']}"
-    assert config["proxy"]["apiUrl"] == f"http://{api_svc['metadata']['name']}.{NAMESPACE}.svc:{api_svc['spec']['ports'][0]['port']}"
     assert config["spawner"]["namespace"] == "workspace-users"
     assert config["spawner"]["noProxy"] == ["fence-service.gen3.svc.cluster.local", "indexd-service"]
-    proxy = find(docs, "Deployment", f"{FULLNAME}-proxy")["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert f"--default-target=http://{hub_svc['metadata']['name']}:8081" in proxy
+    engine = find(docs, "ConfigMap", f"{FULLNAME}-proxy")["data"]["nginx.conf"]
+    assert f"server {hub_svc['metadata']['name']}.{NAMESPACE}.svc:{hub_svc['spec']['ports'][0]['port']};" in engine
 
 
 def test_whitelist_file_is_deduplicated_for_squid() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.chart_install import chart_configs, generated_secret_values, hub_kubeconfig, install_chart, users_namespace
+from tests.support.chart_install import chart_configs, chart_engine_config, generated_secret_values, hub_kubeconfig, install_chart, users_namespace
 from tests.support.charthub import ChartHub
 from tests.support.fence import FenceStandIn
 from tests.support.kube_fixtures import *  # noqa: F403
@@ -59,6 +59,7 @@ def hub(kube_bed: KubeBed, fence: FenceStandIn, postgres: Postgres, kubelet_thre
         extra_config="c.JupyterHub.cleanup_servers = False\n",
         # What the chart's hub Secret gives the hub for hub.db.password.
         extra_env={"GEN3WS_DB_PASSWORD": postgres.password},
+        engine_conf=chart_engine_config(kube_bed, ns),
         # As the chart runs it: the hub makes its cookie secret and crypt key in the hub Secret.
         keys_from_secret=True,
     ).start()
@@ -87,7 +88,7 @@ def test_state_survives_a_hub_restart_on_postgresql(hub: ChartHub, fence: FenceS
     start(hub, "alice")
     alice_before = hub.user_model("alice")
     keys = generated_secret_values(hub.kube_bed, hub.release_namespace)  # type: ignore[attr-defined]
-    assert sorted(k for k in keys if k in ("cookie-secret", "crypt-key", "proxy-token")) == ["cookie-secret", "crypt-key", "proxy-token"], "the hub stored its keys"
+    assert sorted(k for k in keys if k in ("cookie-secret", "crypt-key")) == ["cookie-secret", "crypt-key"], "the hub stored its keys"
     state_before = hub.api("GET", "users/alice").json()
     assert state_before["auth_state"]["access_token"], "auth state is stored (encrypted) in PostgreSQL"
 

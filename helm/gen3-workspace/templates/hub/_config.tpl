@@ -13,7 +13,6 @@
     "config" .Values.hub.config
     "extraConfig" .Values.hub.extraConfig
     "generatedKeys" (ternary (dict) (dict "secret" (include "gen3ws.hubSecret" .) "namespace" .Release.Namespace) (not (empty .Values.hub.existingSecret.name))))
-  "proxy" (dict "apiUrl" (printf "http://%s.%s.svc:8001" (include "gen3ws.proxyApiService" .) .Release.Namespace))
   "auth" (dict
     "clientId" .Values.auth.clientId
     "callbackUrl" (include "gen3ws.callbackUrl" .)
