@@ -782,6 +782,18 @@ def test_notes_tell_the_operator_what_to_do_next() -> None:
     assert "egress proxy is disabled" in off and "no internet access" in off
 
 
+def test_notes_warn_about_a_flavor_restricted_by_a_group_fence_never_fills(tmp_path: Path) -> None:
+    assert "WARNING: flavor" not in notes_text("defaults.yaml"), "the default catalogue restricts by resource"
+    assert "WARNING: flavor" not in notes_text("gpu-flavor.yaml"), "auth.authzGroups makes gpu-users"
+    grouped = yaml.safe_load((VALUES_DIR / "gpu-flavor.yaml").read_text(encoding="utf-8"))
+    grouped["auth"]["authzGroups"] = {}
+    path = tmp_path / "grouped.yaml"
+    path.write_text(yaml.safe_dump(grouped), encoding="utf-8")
+    notes = notes_text(str(path))
+    assert 'WARNING: flavor "a100" is restricted by allowed_groups (gpu-users)' in notes
+    assert "`groups` is empty for access granted by arborist policies" in notes
+
+
 def test_release_name_and_namespace_are_what_the_helpers_assume() -> None:
     docs = render("defaults.yaml")
     user_ns = f"{NAMESPACE}-workspace-users"
