@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 from pathlib import Path
@@ -53,6 +54,16 @@ def jwt_scope(token: str) -> list[str] | None:
         return scope.split()
     return [str(s) for s in scope] if isinstance(scope, list) else None
 
+
+
+def fence_group_warnings(authenticator: Any, catalogue: Catalogue) -> list[str]:
+    """allowed_groups with Fence login: Fence fills no groups for policy access (flavors.group_warnings)."""
+    # Fence login is the authenticator with authz_groups (Gen3OAuthenticator); the dev login
+    # and other authenticators fill groups themselves.
+    if authenticator is None or not hasattr(authenticator, "authz_groups"):
+        return []
+    known = set(getattr(authenticator, "authz_groups", {}).values()) | set(getattr(authenticator, "admin_groups", ()) or ())
+    return group_warnings(catalogue, known)
 
 class FlavorError(web.HTTPError):
     """A flavor request the user cannot have: a 4xx with a message the user can act on."""
@@ -186,22 +197,13 @@ class Gen3SpawnerMixin(LoggingConfigurable):
     def catalogue(self) -> Catalogue:
         watcher = shared_watcher(self.flavor_file, self.log)
         if watcher.warnings is None:
-            watcher.warnings = self._catalogue_warnings
+            # The authenticator, not this spawner: the watcher outlives every user's spawner.
+            watcher.warnings = functools.partial(fence_group_warnings, self.authenticator)
         try:
             return watcher.current()
         except CatalogueError as e:
             self.log.error("%s", e)
             raise web.HTTPError(503, "The flavor catalogue could not be loaded; the workspace administrators have been told in the hub log.") from None
-
-    def _catalogue_warnings(self, catalogue: Catalogue) -> list[str]:
-        """allowed_groups with Fence login: Fence fills no groups for policy access (group_warnings)."""
-        a = self.authenticator
-        # Fence login is the authenticator with authz_groups (Gen3OAuthenticator); the dev login
-        # and other authenticators fill groups themselves.
-        if a is None or not hasattr(a, "authz_groups"):
-            return []
-        known = set(getattr(a, "authz_groups", {}).values()) | set(getattr(a, "admin_groups", ()) or ())
-        return group_warnings(catalogue, known)
 
     _in_start = False
 

@@ -379,3 +379,30 @@ async def test_a_failed_revocation_is_logged_kept_and_retried_and_never_blocks_t
     assert key["key_id"] not in fence.active_keys("alice")
     assert second["key_id"] in fence.active_keys("alice")
     await again._cleanup_credentials()
+
+
+async def test_the_spawner_warns_about_allowed_groups_only_with_fence_login(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from gen3workspace.hub.auth import Gen3OAuthenticator
+
+    example = default_catalogue_path().read_text(encoding="utf-8")
+    grouped = example.replace("    authz_resource: /workspace-flavors/gpu\n", "    allowed_groups: [gpu-users]\n")
+    assert grouped != example
+
+    def warnings(name: str, authenticator: Any) -> list[str]:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(grouped, encoding="utf-8")
+        spawner = make_spawner(FakeUser("alice"), authenticator=authenticator, flavor_file=str(path))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            spawner.catalogue()
+            spawner.catalogue()
+        return [r.getMessage() for r in caplog.records if "allowed_groups" in r.getMessage()]
+
+    fence = Gen3OAuthenticator(commons_url="https://data.example.org", client_id="c", client_secret="s")
+    (warning,) = warnings("fence", fence)
+    assert 'flavor "python-gpu"' in warning and "empty for access granted by arborist policies" in warning
+    mapped = Gen3OAuthenticator(commons_url="https://data.example.org", client_id="c", client_secret="s", authz_groups={"/workspace-flavors/gpu": "gpu-users"})
+    assert warnings("mapped", mapped) == [], "a group the hub makes from a resource"
+    assert warnings("other", SimpleNamespace()) == [], "another login fills groups itself"
