@@ -55,7 +55,6 @@ def jwt_scope(token: str) -> list[str] | None:
     return [str(s) for s in scope] if isinstance(scope, list) else None
 
 
-
 def fence_group_warnings(authenticator: Any, catalogue: Catalogue) -> list[str]:
     """allowed_groups with Fence login: Fence fills no groups for policy access (flavors.group_warnings)."""
     # Fence login is the authenticator with authz_groups (Gen3OAuthenticator); the dev login
