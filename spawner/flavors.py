@@ -103,7 +103,9 @@ FLAVOR_SCHEMA: dict[str, Any] = {
             "type": "array",
             "maxItems": 256,
             "items": grammar.string(grammar.TEXT_LINE, 256, minLength=1),
-            "description": "Only members of one of these groups (synced from Fence) may launch it. "
+            "description": "Only members of one of these hub groups may launch it. With Fence login "
+            "groups come from userinfo `groups`, which Fence leaves empty for access granted by "
+            "arborist policies, and from authz_groups: prefer authz_resource (validate and the hub warn). "
             "Empty or absent: every user with workspace access.",
         },
         "authz_resource": {
