@@ -45,6 +45,17 @@ class LocalSettings:
     def fence_login(self) -> bool:
         return bool(self.commons_url and self.client_id)
 
+    @property
+    def public_url(self) -> str:
+        """Where the browser reaches the hub: the address the banner prints."""
+        host = "127.0.0.1" if self.ip in ("", "0.0.0.0") else self.ip
+        return f"http://{host}:{self.port}{self.base_url}"
+
+    @property
+    def oauth_callback_url(self) -> str:
+        """The redirect URL the Fence client must have registered for this hub."""
+        return f"{self.public_url}hub/oauth_callback"
+
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
 
@@ -97,6 +108,9 @@ def configure(c: Any, settings: LocalSettings) -> None:
     c.ConfigurableHTTPProxy.pid_file = str(data / "proxy.pid")
     if settings.proxy_command:
         c.ConfigurableHTTPProxy.command = [settings.proxy_command]
+    # At warn the proxy keeps its errors but drops its start-up lines, which print the
+    # listening address as port:host; the banner says where to go.
+    c.ConfigurableHTTPProxy.log_level = "warn"
     if settings.debug:
         c.JupyterHub.log_level = "DEBUG"
         c.Spawner.debug = True
@@ -131,8 +145,7 @@ def configure(c: Any, settings: LocalSettings) -> None:
         c.Gen3OAuthenticator.client_id = settings.client_id
         # The secret comes from the environment only, never from a file on disk or argv.
         c.Gen3OAuthenticator.client_secret = os.environ.get("GEN3_CLIENT_SECRET", "")
-        public = f"http://{'127.0.0.1' if settings.ip in ('', '0.0.0.0') else settings.ip}:{settings.port}"
-        c.Gen3OAuthenticator.oauth_callback_url = f"{public}{settings.base_url.rstrip('/')}/hub/oauth_callback"
+        c.Gen3OAuthenticator.oauth_callback_url = settings.oauth_callback_url
         if settings.commons_name:
             c.Gen3OAuthenticator.commons_name = settings.commons_name
         if settings.portal_url:
