@@ -14,6 +14,7 @@ from gen3workspace.hub.pages import configure_pages
 from gen3workspace.spawner.grammar import check_csp_sources
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+QUIET_PROXY = Path(__file__).with_name("quiet_proxy.mjs")
 
 
 @dataclass
@@ -107,7 +108,9 @@ def configure(c: Any, settings: LocalSettings) -> None:
     c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
     c.ConfigurableHTTPProxy.pid_file = str(data / "proxy.pid")
     if settings.proxy_command:
-        c.ConfigurableHTTPProxy.command = [settings.proxy_command]
+        node = shutil.which("node")
+        # Through a wrapper that drops the stack a browser's reset connection prints.
+        c.ConfigurableHTTPProxy.command = [node, str(QUIET_PROXY), settings.proxy_command] if node else [settings.proxy_command]
     # At warn the proxy keeps its errors but drops its start-up lines, which print the
     # listening address as port:host; the banner says where to go.
     c.ConfigurableHTTPProxy.log_level = "warn"

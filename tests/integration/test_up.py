@@ -138,6 +138,10 @@ def test_up_banner_url_answers_in_a_browser_and_ctrl_c_stops_everything_quietly(
             assert st["status"] == "Running" and st["workspaceType"] == "Local", st
             assert all(c["status"] == "True" for c in st["conditions"]) and {c["type"] for c in st["conditions"]} >= {"PodScheduled", "Ready"}, st
             assert st["containerStates"][0]["ready"] is True and "running" in st["containerStates"][0]["state"], st
+            # JupyterLab open (its WebSockets through the proxy) when the browser goes away.
+            lab = page.goto(f"{url}user/alice/lab")
+            assert lab is not None and lab.status == 200
+            page.wait_for_selector(".jp-LauncherCard", timeout=60_000)
         assert pid_alive(server_pid) and server_pid in descendants(hub.proc.pid)
         assert len(descendants(hub.proc.pid)) >= 3, "hub, proxy and alice's server all run under the command"
     except BaseException:
