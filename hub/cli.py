@@ -205,7 +205,6 @@ def _cmd_up(args: argparse.Namespace) -> int:
         time.sleep(0.5)
     if stopping:
         print("Gen3 Workspace stopped.", file=sys.stderr, flush=True)
-        return 0
     return hub.returncode if hub.returncode >= 0 else 0
 
 
