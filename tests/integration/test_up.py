@@ -193,6 +193,14 @@ def test_a_workspace_without_a_commons_says_so_to_the_gen3_sdk(tmp_path: Path) -
         assert "no-gen3-commons-connected.txt" in r.stderr, r.stderr[-2000:]
         note = Path(env["GEN3_API_KEY"]).read_text()
         assert "No Gen3 commons is connected" in note and "--commons-url" in note
+        # The image's start-up hooks, run with the server's env as start.sh runs them: the
+        # gen3-client profile hook says the same instead of failing on the note.
+        from tests.support.gen3client import run_hooks
+
+        hooks = run_hooks(env, cwd=Path(env["HOME"]))
+        assert hooks.returncode == 0, hooks.stderr
+        assert "gen3-client-profile: No Gen3 commons is connected" in hooks.stdout and "--commons-url" in hooks.stdout, hooks.stdout
+        assert not (Path(env["HOME"]) / ".gen3").exists()
     finally:
         hub.stop()
 
