@@ -162,6 +162,26 @@ def _cmd_up(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env["JUPYTERHUB_CRYPT_KEY"] = persistent_secret(data / "crypt_key")
     env["GEN3WS_DATA_DIR"] = str(data)
+    url = settings.public_url
+    hub: subprocess.Popen[bytes] | None = None
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        # JupyterHub stops the proxy and every user server when it gets SIGINT/SIGTERM.
+        nonlocal stopping
+        if hub is not None and hub.poll() is not None:
+            return
+        if stopping:
+            print("Still stopping the users' servers and the proxy; this takes a few seconds.", file=sys.stderr, flush=True)
+            return
+        stopping = True
+        print("\nStopping Gen3 Workspace (users' servers, proxy, hub)...", file=sys.stderr, flush=True)
+        if hub is not None:
+            hub.send_signal(signal.SIGTERM)
+
+    # Before the hub starts, so a Ctrl-C while it starts is a stop, not a traceback.
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
     # The hub runs in a process group of its own, so a terminal's Ctrl-C (sent to the whole
     # foreground group) reaches it once, through forward(), not twice: a second signal starts
     # a second shutdown that races the first (a second SIGINT to each user's server, "Failed
@@ -172,26 +192,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
         env=env,
         preexec_fn=_own_group_dying_with_parent,
     )
-    url = settings.public_url
-    stopping = False
-
-    def forward(signum: int, _frame: object) -> None:
-        # JupyterHub stops the proxy and every user server when it gets SIGINT/SIGTERM.
-        nonlocal stopping
-        if hub.poll() is not None:
-            return
-        if stopping:
-            print("Still stopping the users' servers and the proxy; this takes a few seconds.", file=sys.stderr, flush=True)
-            return
-        stopping = True
-        print("\nStopping Gen3 Workspace (users' servers, proxy, hub)...", file=sys.stderr, flush=True)
+    if stopping:
         hub.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
     announced = False
     while hub.poll() is None:
-        if not announced:
+        if not announced and not stopping:
             try:
                 with urllib.request.urlopen(f"{url}hub/health", timeout=2) as r:
                     announced = r.status == 200

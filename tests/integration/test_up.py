@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.fence import free_port
 from tests.support.hub import Hub, query
 from tests.support.processes import pid_alive
 
@@ -152,6 +153,31 @@ def test_up_banner_url_answers_in_a_browser_and_ctrl_c_stops_everything_quietly(
     assert "Stopping Gen3 Workspace" in stopping and stopping.count("Stopping Gen3 Workspace") == 1
     assert "Gen3 Workspace stopped." in stopping
     assert_quiet(hub.log())
+
+
+def test_ctrl_c_while_the_hub_starts_stops_it_quietly(tmp_path: Path) -> None:
+    log = tmp_path / "up.log"
+    args = [sys.executable, "-m", "gen3workspace.hub.cli", "up", "--data-dir", str(tmp_path / "data"), "--port", str(free_port())]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not descendants(proc.pid):
+            time.sleep(0.05)
+        started = descendants(proc.pid)
+        assert started, "the hub never started"
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(90) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(pid_alive(p) for p in started):
+        time.sleep(0.2)
+    assert not [p for p in started if pid_alive(p)]
+    output = log.read_text()
+    assert "Stopping Gen3 Workspace" in output and "Gen3 Workspace is running" not in output, output
+    assert_quiet(output)
 
 
 def test_up_with_a_commons_prints_the_redirect_url_to_register_and_no_allow_config_warning(tmp_path: Path) -> None:
