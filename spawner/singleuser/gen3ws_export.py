@@ -376,6 +376,7 @@ class ExportSync:
         self.manifests: dict[str, Manifest] = {}
         self.current: list[str] = []
         self.problem = ""
+        self._absent = False
         self.last_check = 0.0
         self.checks = 0
         self._queue: "queue.Queue[tuple[Manifest, Entry]]" = queue.Queue()
@@ -433,11 +434,10 @@ class ExportSync:
             try:
                 newest = self._list_manifests()
             except ExportError as e:
-                self.problem = str(e)
-                if self.settings.root.exists() or not getattr(e, "absent", False):
-                    self._write_root_status()
+                self.problem, self._absent = str(e), bool(getattr(e, "absent", False))
+                self._write_root_status()
                 return
-            self.problem = ""
+            self.problem, self._absent = "", False
             names = [m["filename"] for m in newest]
             for item in newest:
                 name = item["filename"]
@@ -836,6 +836,8 @@ class ExportSync:
                 log.warning("gen3 export: cannot write the status of %s: %s", manifest.filename, e.strerror)
 
     def _write_root_status(self) -> None:
+        if self._absent and not self.settings.root.exists():
+            return
         lines = [
             "# Files exported from the portal",
             "",
