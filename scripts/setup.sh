@@ -55,6 +55,12 @@ ensure_debian_packages() {
   fi
 }
 
+ensure_data_bed() {
+  # The data-plane test bed (tests/support/realdata.py): indexd, manifestservice and sheepdog
+  # venvs from the pinned sources, next to the Fence bed (cached in .cache/databed).
+  tests/support/databed/build.sh >/dev/null
+}
+
 ensure_python_env
 ensure_proxy
 if [ "$what" = test ]; then
@@ -62,6 +68,7 @@ if [ "$what" = test ]; then
   [ -x scripts/get-helm.sh ] && scripts/get-helm.sh >/dev/null
   [ -x tests/support/kube/build.sh ] && tests/support/kube/build.sh
   tests/support/fencebed/build.sh >/dev/null
+  ensure_data_bed
   # The real gen3-client, built from the commit the notebook image pins (cached in .cache/).
   tests/support/gen3client/build.sh >/dev/null
 fi
