@@ -17,16 +17,14 @@ import pytest
 import requests
 
 from gen3workspace.spawner.singleuser import gen3ws_export as ex
-from tests.support.exportplane import DataPlane, data_plane
+from tests.support.exportplane import RealPlane
 from tests.support.faultproxy import FaultProxy
-
-USER = "alice"
+from tests.support.realdata import DataBed
 
 
 @pytest.fixture(scope="module")
-def plane() -> Iterator[DataPlane]:
-    with data_plane() as p:
-        yield p
+def plane(real_data: DataBed) -> RealPlane:
+    return RealPlane(real_data)
 
 
 @pytest.fixture
@@ -39,14 +37,14 @@ def proxy() -> Iterator[FaultProxy]:
 class Workspace:
     """A user's server folder with the key file the spawner mounts (outside it), and a syncer over it."""
 
-    def __init__(self, tmp: Path, plane: DataPlane, proxy: FaultProxy | None, **env: str):
+    def __init__(self, tmp: Path, plane: RealPlane, proxy: FaultProxy | None, **env: str):
         self.tmp = tmp
         self.home = tmp / "home"
         self.home.mkdir()
         creds = tmp / "etc-gen3"
         creds.mkdir()
         self.key_file = creds / "credentials.json"
-        self.key_file.write_text(json.dumps(plane.api_key(USER)))
+        self.key_file.write_text(json.dumps(plane.api_key(plane.user)))
         environ = {"GEN3_ENDPOINT": plane.url, "GEN3_API_KEY": str(self.key_file), "GEN3_EXPORT_INTERVAL_SECONDS": "1", **env}
         self.settings = ex.Settings.from_env(environ, self.home)
         sessions = [ex.http_session(self.settings.parallel) for _ in range(2)]
@@ -97,16 +95,16 @@ class Workspace:
 
 
 @pytest.fixture
-def workspace(tmp_path: Path, plane: DataPlane) -> Iterator[Workspace]:
-    plane.clear_manifests(USER)
+def workspace(tmp_path: Path, plane: RealPlane) -> Iterator[Workspace]:
+    plane.clear_manifests(plane.user)
     w = Workspace(tmp_path, plane, None)
     yield w
     w.stop()
 
 
 @pytest.fixture
-def faulty(tmp_path: Path, plane: DataPlane, proxy: FaultProxy) -> Iterator[Workspace]:
-    plane.clear_manifests(USER)
+def faulty(tmp_path: Path, plane: RealPlane, proxy: FaultProxy) -> Iterator[Workspace]:
+    plane.clear_manifests(plane.user)
     w = Workspace(tmp_path, plane, proxy)
     yield w
     w.stop()
@@ -119,11 +117,11 @@ def md5(data: bytes) -> str:
 # --- the files arrive -------------------------------------------------------------------
 
 
-def test_the_portals_manifest_becomes_verified_files_and_a_status(workspace: Workspace, plane: DataPlane) -> None:
+def test_the_portals_manifest_becomes_verified_files_and_a_status(workspace: Workspace, plane: RealPlane) -> None:
     a, b = secrets.token_bytes(3000), b"hello, commons\n"
     ga = plane.add_object(a, "reads.bin")
     gb = plane.add_object(b, "notes.txt")
-    name = plane.post_manifest(USER, [plane.entry(ga, "reads.bin", a), plane.entry(gb, "notes.txt", b)])
+    name = plane.post_manifest(plane.user, [plane.entry(ga, "reads.bin", a), plane.entry(gb, "notes.txt", b)])
     workspace.run()
     folder = workspace.folder(name)
     assert (folder / "reads.bin").read_bytes() == a and (folder / "notes.txt").read_bytes() == b
@@ -136,15 +134,15 @@ def test_the_portals_manifest_becomes_verified_files_and_a_status(workspace: Wor
     assert workspace.data.parent == workspace.home
 
 
-def test_only_the_newest_n_manifests_are_kept_and_older_ones_leave_only_what_the_user_added(tmp_path: Path, plane: DataPlane) -> None:
-    plane.clear_manifests(USER)
+def test_only_the_newest_n_manifests_are_kept_and_older_ones_leave_only_what_the_user_added(tmp_path: Path, plane: RealPlane) -> None:
+    plane.clear_manifests(plane.user)
     w = Workspace(tmp_path, plane, None, GEN3_EXPORT_KEEP="2")
     try:
         names = []
         for i in range(3):
             data = f"file {i}\n".encode()
             g = plane.add_object(data, f"f{i}.txt")
-            names.append(plane.post_manifest(USER, [plane.entry(g, f"f{i}.txt", data)]))
+            names.append(plane.post_manifest(plane.user, [plane.entry(g, f"f{i}.txt", data)]))
             time.sleep(1.1)  # manifestservice names and orders manifests by time
             w.run()
         assert not w.folder(names[0]).exists(), "the oldest of three is gone with keep=2"
@@ -152,17 +150,17 @@ def test_only_the_newest_n_manifests_are_kept_and_older_ones_leave_only_what_the
         # A user's own file in a folder that falls out keeps the folder and the file.
         (w.folder(names[1]) / "my-notes.ipynb").write_text("{}")
         g = plane.add_object(b"3", "f3.txt")
-        plane.post_manifest(USER, [plane.entry(g, "f3.txt", b"3")])
+        plane.post_manifest(plane.user, [plane.entry(g, "f3.txt", b"3")])
         w.run()
         assert [p.name for p in w.folder(names[1]).iterdir()] == ["my-notes.ipynb"]
     finally:
         w.stop()
 
 
-def test_a_restarted_server_does_not_fetch_again(workspace: Workspace, plane: DataPlane, tmp_path: Path) -> None:
+def test_a_restarted_server_does_not_fetch_again(workspace: Workspace, plane: RealPlane, tmp_path: Path) -> None:
     data = secrets.token_bytes(1000)
     g = plane.add_object(data, "x.bin")
-    name = plane.post_manifest(USER, [plane.entry(g, "x.bin", data)])
+    name = plane.post_manifest(plane.user, [plane.entry(g, "x.bin", data)])
     workspace.run()
     mtime = (workspace.folder(name) / "x.bin").stat().st_mtime_ns
     again = ex.ExportSync(workspace.settings, workspace.sync.session, workspace.sync.storage)
@@ -179,17 +177,17 @@ def test_a_restarted_server_does_not_fetch_again(workspace: Workspace, plane: Da
 # --- bad input --------------------------------------------------------------------------
 
 
-def test_a_guid_indexd_does_not_know(workspace: Workspace, plane: DataPlane) -> None:
+def test_a_guid_indexd_does_not_know(workspace: Workspace, plane: RealPlane) -> None:
     ok = plane.add_object(b"fine", "ok.txt")
-    name = plane.post_manifest(USER, [plane.entry(ok, "ok.txt", b"fine"), {"object_id": plane.unknown_guid(), "file_name": "ghost.txt", "file_size": 4}])
+    name = plane.post_manifest(plane.user, [plane.entry(ok, "ok.txt", b"fine"), {"object_id": plane.unknown_guid(), "file_name": "ghost.txt", "file_size": 4}])
     workspace.run()
     assert "indexd) does not know this object_id" in workspace.status(name)
     workspace.check_clean(name, {"ok.txt"})
 
 
-def test_a_file_the_user_may_not_read_says_so_in_words_not_html(workspace: Workspace, plane: DataPlane) -> None:
+def test_a_file_the_user_may_not_read_says_so_in_words_not_html(workspace: Workspace, plane: RealPlane) -> None:
     secret = plane.add_object(b"not yours", "secret.txt", readable=False)
-    name = plane.post_manifest(USER, [plane.entry(secret, "secret.txt", b"not yours")])
+    name = plane.post_manifest(plane.user, [plane.entry(secret, "secret.txt", b"not yours")])
     workspace.run()
     status = workspace.status(name)
     assert "you are not allowed to read this file" in status and "HTTP 401" in status
@@ -197,10 +195,10 @@ def test_a_file_the_user_may_not_read_says_so_in_words_not_html(workspace: Works
     workspace.check_clean(name, set())
 
 
-def test_an_entry_without_object_id_and_a_malformed_manifest(workspace: Workspace, plane: DataPlane) -> None:
+def test_an_entry_without_object_id_and_a_malformed_manifest(workspace: Workspace, plane: RealPlane) -> None:
     ok = plane.add_object(b"fine", "ok.txt")
-    name = plane.put_raw_manifest(USER, json.dumps([{"file_name": "no-id.txt"}, plane.entry(ok, "ok.txt", b"fine"), "junk"]).encode())
-    broken = plane.put_raw_manifest(USER, b'[{"object_id": "x", "file_name": ')
+    name = plane.put_raw_manifest(plane.user, json.dumps([{"file_name": "no-id.txt"}, plane.entry(ok, "ok.txt", b"fine"), "junk"]).encode())
+    broken = plane.put_raw_manifest(plane.user, b'[{"object_id": "x", "file_name": ')
     workspace.run()
     status = workspace.status(name)
     assert "entry 1 (no-id.txt) has no object_id" in status and "entry 3 is not an object" in status
@@ -209,14 +207,14 @@ def test_an_entry_without_object_id_and_a_malformed_manifest(workspace: Workspac
     workspace.check_clean(broken, set())
 
 
-def test_a_huge_manifest_is_refused_with_a_message(tmp_path: Path, plane: DataPlane) -> None:
-    plane.clear_manifests(USER)
+def test_a_huge_manifest_is_refused_with_a_message(tmp_path: Path, plane: RealPlane) -> None:
+    plane.clear_manifests(plane.user)
     w = Workspace(tmp_path, plane, None, GEN3_EXPORT_MAX_MANIFEST_BYTES="5000", GEN3_EXPORT_MAX_ENTRIES="50")
     try:
         g = plane.add_object(b"x", "x.txt")
-        big = plane.put_raw_manifest(USER, json.dumps([plane.entry(g, f"x{i}.txt", b"x") for i in range(200)]).encode())
+        big = plane.put_raw_manifest(plane.user, json.dumps([plane.entry(g, f"x{i}.txt", b"x") for i in range(200)]).encode())
         time.sleep(1.1)
-        many = plane.put_raw_manifest(USER, json.dumps([{"object_id": g, "file_name": f"{i}"} for i in range(60)]).encode())
+        many = plane.put_raw_manifest(plane.user, json.dumps([{"object_id": g, "file_name": f"{i}"} for i in range(60)]).encode())
         w.run()
         assert "larger than this workspace takes (4.9 KB)" in w.status(big)
         assert "lists 60 files, more than this workspace takes from one manifest (50)" in w.status(many)
@@ -227,23 +225,23 @@ def test_a_huge_manifest_is_refused_with_a_message(tmp_path: Path, plane: DataPl
 
 
 @pytest.mark.parametrize("wrong", ["md5", "size"])
-def test_an_md5_or_size_mismatch_is_not_saved(workspace: Workspace, plane: DataPlane, wrong: str) -> None:
+def test_an_md5_or_size_mismatch_is_not_saved(workspace: Workspace, plane: RealPlane, wrong: str) -> None:
     data = b"the bytes in the bucket\n"
     if wrong == "md5":
         g = plane.add_object(data, "bad.txt", md5=md5(b"other bytes"))
     else:
         g = plane.add_object(data, "bad.txt", size=len(data) + 10)
-    name = plane.post_manifest(USER, [plane.entry(g, "bad.txt", data)])
+    name = plane.post_manifest(plane.user, [plane.entry(g, "bad.txt", data)])
     workspace.run()
     status = workspace.status(name)
     assert (f"md5 mismatch: indexd says {md5(b'other bytes')}" if wrong == "md5" else f"size mismatch: indexd says {len(data) + 10} bytes, the storage sent {len(data)}") in status
     workspace.check_clean(name, set())
 
 
-def test_the_bucket_breaking_mid_file_leaves_nothing_and_the_next_check_completes(faulty: Workspace, plane: DataPlane, proxy: FaultProxy) -> None:
+def test_the_bucket_breaking_mid_file_leaves_nothing_and_the_next_check_completes(faulty: Workspace, plane: RealPlane, proxy: FaultProxy) -> None:
     data = secrets.token_bytes(200_000)
     g = plane.add_object(data, "big.bin")
-    name = plane.post_manifest(USER, [plane.entry(g, "big.bin", data)])
+    name = plane.post_manifest(plane.user, [plane.entry(g, "big.bin", data)])
     proxy.rule = lambda method, url: "cut" if plane.is_bucket(url) else None
     faulty.run()
     assert "the connection to the storage broke after" in faulty.status(name)
@@ -253,18 +251,18 @@ def test_the_bucket_breaking_mid_file_leaves_nothing_and_the_next_check_complete
     assert (faulty.folder(name) / "big.bin").read_bytes() == data
 
 
-def test_indexd_down_says_so_and_fetches_nothing(faulty: Workspace, plane: DataPlane, proxy: FaultProxy) -> None:
+def test_indexd_down_says_so_and_fetches_nothing(faulty: Workspace, plane: RealPlane, proxy: FaultProxy) -> None:
     g = plane.add_object(b"data", "d.txt")
-    name = plane.post_manifest(USER, [plane.entry(g, "d.txt", b"data")])
+    name = plane.post_manifest(plane.user, [plane.entry(g, "d.txt", b"data")])
     proxy.rule = lambda method, url: "refuse" if plane.is_indexd(url) else None
     faulty.run()
     assert "the file index (indexd) is not answering; trying again at the next check" in faulty.status(name)
     faulty.check_clean(name, set())
 
 
-def test_an_expired_signed_url_is_reported_and_a_fresh_one_works(faulty: Workspace, plane: DataPlane, proxy: FaultProxy) -> None:
+def test_an_expired_signed_url_is_reported_and_a_fresh_one_works(faulty: Workspace, plane: RealPlane, proxy: FaultProxy) -> None:
     g = plane.add_object(b"late", "late.txt")
-    name = plane.post_manifest(USER, [plane.entry(g, "late.txt", b"late")])
+    name = plane.post_manifest(plane.user, [plane.entry(g, "late.txt", b"late")])
     proxy.clock_offset = 2 * 3600  # the link is used two hours after Fence signed it
     proxy.rule = lambda method, url: "s3-expiry" if plane.is_bucket(url) else None
     faulty.run()
@@ -288,10 +286,10 @@ def test_an_expired_signed_url_is_reported_and_a_fresh_one_works(faulty: Workspa
         (ex.STATUS_NAME, None),
     ],
 )
-def test_hostile_file_names_are_sanitised_and_stay_inside_the_folder(workspace: Workspace, plane: DataPlane, given: str, saved: str | None) -> None:
+def test_hostile_file_names_are_sanitised_and_stay_inside_the_folder(workspace: Workspace, plane: RealPlane, given: str, saved: str | None) -> None:
     data = b"content " + given.encode()
     g = plane.add_object(data, "plain.txt")
-    name = plane.post_manifest(USER, [plane.entry(g, given, data)])
+    name = plane.post_manifest(plane.user, [plane.entry(g, given, data)])
     workspace.run()
     expected = saved or g.rsplit("/", 1)[-1]
     assert (workspace.folder(name) / expected).read_bytes() == data
@@ -299,12 +297,12 @@ def test_hostile_file_names_are_sanitised_and_stay_inside_the_folder(workspace: 
     workspace.check_clean(name, {expected})
 
 
-def test_two_entries_and_two_manifests_naming_the_same_file(workspace: Workspace, plane: DataPlane) -> None:
+def test_two_entries_and_two_manifests_naming_the_same_file(workspace: Workspace, plane: RealPlane) -> None:
     one, two = b"first\n", b"second\n"
     g1, g2 = plane.add_object(one, "same.txt"), plane.add_object(two, "same.txt")
-    first = plane.post_manifest(USER, [plane.entry(g1, "same.txt", one), plane.entry(g2, "same.txt", two), plane.entry(g1, "same.txt", one)])
+    first = plane.post_manifest(plane.user, [plane.entry(g1, "same.txt", one), plane.entry(g2, "same.txt", two), plane.entry(g1, "same.txt", one)])
     time.sleep(1.1)
-    second = plane.post_manifest(USER, [plane.entry(g2, "same.txt", two)])
+    second = plane.post_manifest(plane.user, [plane.entry(g2, "same.txt", two)])
     workspace.run()
     f = workspace.folder(first)
     assert (f / "same.txt").read_bytes() == one and (f / "same (2).txt").read_bytes() == two
@@ -315,9 +313,9 @@ def test_two_entries_and_two_manifests_naming_the_same_file(workspace: Workspace
     workspace.check_clean(first, {"same.txt", "same (2).txt"})
 
 
-def test_a_file_the_user_made_under_the_same_name_is_never_overwritten(workspace: Workspace, plane: DataPlane) -> None:
+def test_a_file_the_user_made_under_the_same_name_is_never_overwritten(workspace: Workspace, plane: RealPlane) -> None:
     g = plane.add_object(b"export", "mine.txt")
-    name = plane.post_manifest(USER, [plane.entry(g, "mine.txt", b"export")])
+    name = plane.post_manifest(plane.user, [plane.entry(g, "mine.txt", b"export")])
     folder = workspace.folder(name)
     folder.mkdir(parents=True)
     (folder / "mine.txt").write_text("my own work")
@@ -326,24 +324,24 @@ def test_a_file_the_user_made_under_the_same_name_is_never_overwritten(workspace
     assert "that the export did not write is already here; it was left alone" in workspace.status(name)
 
 
-def test_the_status_file_renders_no_markup_from_a_file_name(workspace: Workspace, plane: DataPlane) -> None:
+def test_the_status_file_renders_no_markup_from_a_file_name(workspace: Workspace, plane: RealPlane) -> None:
     given = "<img src=x onerror=alert(1)>|[link](http://evil)"
     g = plane.add_object(b"x", "x")
-    name = plane.post_manifest(USER, [plane.entry(g, given, b"x")])
+    name = plane.post_manifest(plane.user, [plane.entry(g, given, b"x")])
     workspace.run()
     status = workspace.status(name)
     assert not re.search(r"(?<!\\)<img|(?<!\\)\]\(http", status), status
     assert "\\<img src=x onerror=alert(1)\\>" in status
 
 
-def test_no_credentials_means_off_and_nothing_written(tmp_path: Path, plane: DataPlane) -> None:
+def test_no_credentials_means_off_and_nothing_written(tmp_path: Path, plane: RealPlane) -> None:
     settings = ex.Settings.from_env({"GEN3_ENDPOINT": plane.url}, tmp_path)
     assert not settings.enabled and "GEN3_API_KEY" in settings.why_off
     assert not ex.Settings.from_env({"GEN3_ENDPOINT": plane.url, "GEN3_API_KEY": "/x", "GEN3_EXPORT": "off"}, tmp_path).enabled
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_revoked_key_is_reported_at_the_top(workspace: Workspace, plane: DataPlane) -> None:
+def test_a_revoked_key_is_reported_at_the_top(workspace: Workspace, plane: RealPlane) -> None:
     workspace.key_file.write_text(json.dumps({"key_id": "x", "api_key": "not-a-key"}))
     workspace.run()
     top = (workspace.data / ex.STATUS_NAME).read_text()
@@ -353,20 +351,20 @@ def test_a_revoked_key_is_reported_at_the_top(workspace: Workspace, plane: DataP
 # --- inside a real Jupyter Server ---------------------------------------------------------
 
 
-def test_the_extension_runs_in_a_real_jupyter_server_from_the_shared_config(tmp_path: Path, plane: DataPlane) -> None:
+def test_the_extension_runs_in_a_real_jupyter_server_from_the_shared_config(tmp_path: Path, plane: RealPlane) -> None:
     """The embedded mode's JUPYTER_CONFIG_PATH (the notebook image's /usr/local/etc/jupyter): the export is on, over REST too."""
     import subprocess
     import sys
 
     from gen3workspace.hub.cli import free_port
 
-    plane.clear_manifests(USER)
+    plane.clear_manifests(plane.user)
     g = plane.add_object(b"in the server\n", "s.txt")
-    name = plane.post_manifest(USER, [plane.entry(g, "s.txt", b"in the server\n")])
+    name = plane.post_manifest(plane.user, [plane.entry(g, "s.txt", b"in the server\n")])
     root, creds = tmp_path / "drive", tmp_path / "creds"
     root.mkdir()
     creds.mkdir()
-    (creds / "credentials.json").write_text(json.dumps(plane.api_key(USER)))
+    (creds / "credentials.json").write_text(json.dumps(plane.api_key(plane.user)))
     port, token = free_port(), secrets.token_hex(16)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "GEN3"))},
@@ -413,7 +411,7 @@ def urlsplit_netloc(url: str) -> str:
     return urlsplit(url).netloc.replace(":", "_")
 
 
-def test_a_commons_without_manifestservice_gets_no_data_folder(tmp_path: Path, plane: DataPlane) -> None:
+def test_a_commons_without_manifestservice_gets_no_data_folder(tmp_path: Path, plane: RealPlane) -> None:
     w = Workspace(tmp_path, plane, None, GEN3_MANIFEST_SERVICE_URL=f"{plane.url}/no-such-service")
     try:
         w.run()
