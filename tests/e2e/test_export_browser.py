@@ -22,7 +22,8 @@ from tests.support.realdata import DataBed, Record
 from tests.support.realfence import FenceBed
 from tests.support.revproxy import RevProxy
 
-pytestmark = pytest.mark.e2e
+# The session's real Fence and data-plane beds start inside the first test that asks for them.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 EXPORT_PAGE = Path(__file__).resolve().parents[1] / "support" / "portal_export.html"
 
