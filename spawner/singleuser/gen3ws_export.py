@@ -891,6 +891,10 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     if not settings.enabled:
         serverapp.log.info("Gen3 export to workspace is off: %s", settings.why_off)
         return
+    # urllib3 logs each retry with the request's path and query, which for a signed URL is its
+    # signature: a credential for an hour. This server process makes no other urllib3 calls
+    # worth a retry warning (kernels are processes of their own).
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
     sync = ExportSync(settings).start()
     serverapp.log.info("Gen3 export to workspace: the newest %s manifests of %s go to %s", settings.keep, settings.endpoint, settings.root)
 
