@@ -509,6 +509,9 @@ class ExportSync:
             manifest.problems = problems
             manifest.entries = self._plan(manifest, usable)
             manifest.loaded = True
+            self._prepare_folder(manifest)
+            # Listed at once, before indexd is asked: the user sees what is coming.
+            self._write_status(manifest, force=True)
         self._prepare_folder(manifest)
         with self._lock:
             pending = [
