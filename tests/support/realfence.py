@@ -96,6 +96,8 @@ DEFAULT_USERS: dict[str, dict[str, Any]] = {
     "test": {"policies": ["workspace"]},
     # The data-plane bed's researcher and its submitter (tests/support/realdata.py).
     "dana": {"policies": ["workspace", "data-reader"]},
+    "kim": {"policies": ["workspace", "data-reader"]},
+    "nora": {"policies": ["workspace", "data-reader"]},
     "sheepdog-sid": {"policies": ["data-submitter", "sheepdog-admin"]},
 }
 
