@@ -13,6 +13,7 @@ API (the session fixture `real_data` in tests/conftest.py returns a started `Dat
 - URLs, all through the revproxy stand-in as a workspace sees them: `commons_url` (what
   GEN3_ENDPOINT is), `fence_url` (`/user`), `indexd_url` (`/index`), `manifests_url`
   (`/manifests`), `submission_url` (`/api/v0/submission`), `drs_url` (`/ga4gh/drs/v1`);
+  `https_host` is the same revproxy with TLS (certificate in `ca_file`) for `gen3 drs-pull`;
   `s3_url` is moto itself (the address signed URLs point at); `direct` maps each service
   name to its own port, without the revproxy.
 - `program`, `project`, `project_id` ("DEV-test"), `resource` (its arborist path),
@@ -22,8 +23,9 @@ API (the session fixture `real_data` in tests/conftest.py returns a started `Dat
   bucket under a fresh key and creates the indexd record (size, md5, s3 URL, authz defaulting
   to the project's resource) with indexd's own API; `Record` has guid, file_name, size, md5,
   key, url, content.
-- `access_token(username, scopes=...)`: a real Fence access token (`fence-create
-  token-create`, cached per user and scopes); `api_key(username)`: a new Fence API key
+- `access_token(username, scopes=..., exp=3600)`: a real Fence access token (`fence-create
+  token-create`, cached per user and scopes; `exp=-60` makes an expired one);
+  `active_keys(username)`: the key ids Fence still lists; `api_key(username)`: a new Fence API key
   `{"key_id", "api_key"}` minted by Fence's `/user/credentials/api/` as the hub does;
   `credentials_file(username, path)` writes it as the portal's credentials.json.
 - `bucket_object(key)` reads bytes back from the bucket; `log(name)` a service's log.
@@ -127,6 +129,16 @@ class DataBed:
     @property
     def drs_url(self) -> str:
         return f"{self.commons_url}/ga4gh/drs/v1"
+
+    @property
+    def https_host(self) -> str:
+        """host:port of the same revproxy with TLS (a self-signed certificate, `ca_file`): what `gen3 drs-pull` needs."""
+        return f"127.0.0.1:{self.fence.front.tls_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        assert self.fence.front.ca_file is not None
+        return self.fence.front.ca_file
 
     @property
     def s3_url(self) -> str:
@@ -362,15 +374,23 @@ class DataBed:
 
     # --- tokens and keys -----------------------------------------------------------------
 
-    def access_token(self, username: str, scopes: tuple[str, ...] = ("openid", "user", "data")) -> str:
-        """A real Fence access token for `username` (fence-create token-create, one hour, cached for half of it)."""
+    def access_token(self, username: str, scopes: tuple[str, ...] = ("openid", "user", "data"), exp: int = 3600) -> str:
+        """A real Fence access token for `username` (fence-create token-create); one-hour tokens are cached for half an hour, others (e.g. `exp=-60`, already expired) not."""
         cached = self._tokens.get((username, scopes))
-        if cached and time.monotonic() - cached[0] < 1800:
+        if exp == 3600 and cached and time.monotonic() - cached[0] < 1800:
             return cached[1]
-        out = self.fence.fence_create("token-create", "--type", "access_token", "--username", username, "--scopes", ",".join(scopes), "--exp", "3600")
+        out = self.fence.fence_create("token-create", "--type", "access_token", "--username", username, "--scopes", ",".join(scopes), f"--exp={exp}")
         token = [line for line in out.splitlines() if line.count(".") == 2][-1].strip()
-        self._tokens[(username, scopes)] = (time.monotonic(), token)
+        if exp == 3600:
+            self._tokens[(username, scopes)] = (time.monotonic(), token)
         return token
+
+    def active_keys(self, username: str) -> list[str]:
+        """Ids of `username`'s API keys that Fence still lists (revoked ones are gone)."""
+        token = self.access_token(username, ("openid", "user", "data", "credentials"))
+        r = requests.get(f"{self.fence_url}/credentials/api/", headers={"Authorization": f"bearer {token}"}, timeout=30)
+        r.raise_for_status()
+        return [k["jti"] for k in r.json()["jtis"]]
 
     def api_key(self, username: str, scopes: list[str] | None = None) -> dict[str, str]:
         """A new API key minted by Fence, as the hub mints one for a server: {"key_id", "api_key"}."""
