@@ -227,6 +227,58 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         except GrammarError as e:
             raise TraitError(str(e)) from None
 
+    export_to_workspace = Bool(
+        True,
+        config=True,
+        help="""Copy the files of the user's newest portal exports (manifestservice manifests) into
+        their server, each checked against indexd's size and md5 (docs/architecture.md, "Export to
+        Workspace"). Runs inside the user's server with the user's API key; False: GEN3_EXPORT=off.""",
+    )
+    export_keep = Integer(
+        5,
+        config=True,
+        help="How many of the user's newest manifests are kept in the server (GEN3_EXPORT_KEEP); older ones' exported files are removed.",
+    )
+    export_folder = Unicode(
+        "data",
+        config=True,
+        help="""Folder of the exports in the user's server (GEN3_EXPORT_DIR), relative to the server's
+        root folder (the drive); files go to <folder>/<commons host>/<manifest>/<file name>.""",
+    )
+    manifest_service_url = Unicode(
+        "",
+        config=True,
+        help="""URL of manifestservice as the user's server reaches it (GEN3_MANIFEST_SERVICE_URL), e.g.
+        http://manifestservice-service.default.svc.cluster.local. Empty: <commons_url>/manifests, as revproxy routes it.""",
+    )
+    indexd_url = Unicode(
+        "",
+        config=True,
+        help="""URL of indexd as the user's server reaches it (GEN3_INDEXD_URL), e.g.
+        http://indexd-service.default.svc.cluster.local. Empty: <commons_url>/index, as revproxy routes it.""",
+    )
+
+    @validate("export_keep")
+    def _check_export_keep(self, proposal: Any) -> int:
+        if proposal.value < 1:
+            raise TraitError(f"Gen3SpawnerMixin.export_keep={proposal.value}: keep at least 1 manifest, or set export_to_workspace = False.")
+        return proposal.value
+
+    @validate("manifest_service_url", "indexd_url")
+    def _check_data_service_url(self, proposal: Any) -> str:
+        value = proposal.value.strip().rstrip("/")
+        parts = urlparse(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment or any(c.isspace() for c in value)):
+            raise TraitError(f"{type(self).__name__}.{proposal.trait.name}: {short(value, 80)} is not an http(s) URL such as http://{proposal.trait.name.removesuffix('_url').replace('_', '')}-service")
+        return value
+
+    @validate("export_folder")
+    def _check_export_folder(self, proposal: Any) -> str:
+        value = proposal.value.strip()
+        if not value or value.startswith("/") or ".." in value.split("/") or any(ord(c) < 32 for c in value):
+            raise TraitError(f"{type(self).__name__}.export_folder: {short(value, 80)!r} must be a folder inside the server's root folder, such as data")
+        return value
+
     workspace_namespace = Unicode(
         config=True,
         help="Value of NAMESPACE in the user's server (the commons' namespace, used by the Gen3 SDK). Default: the spawner's namespace or 'default'.",
@@ -401,6 +453,14 @@ class Gen3SpawnerMixin(LoggingConfigurable):
             env["GEN3_FRAME_ANCESTORS"] = " ".join(self.frame_ancestors)
         if self._api_key_id:
             env["GEN3_API_KEY"] = f"{self.credentials_mount_path.rstrip('/')}/credentials.json"
+        # Read by the Export to Workspace extension in the server (spawner/singleuser/gen3ws_export.py).
+        env["GEN3_EXPORT"] = "on" if self.export_to_workspace else "off"
+        env["GEN3_EXPORT_KEEP"] = str(self.export_keep)
+        env["GEN3_EXPORT_DIR"] = self.export_folder
+        if self.manifest_service_url:
+            env["GEN3_MANIFEST_SERVICE_URL"] = self.manifest_service_url
+        if self.indexd_url:
+            env["GEN3_INDEXD_URL"] = self.indexd_url
         return env
 
     # --- the Fence API key ---------------------------------------------------------------
