@@ -219,7 +219,9 @@ class Gen3Proxy(Proxy):
         _, _, pid_file = self._paths()
         try:
             pid = int(pid_file.read_text().strip())
-            os.kill(pid, 0)
+            # A stale pid file may name a recycled pid: only an nginx master is ours.
+            if b"nginx" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return None
         except (OSError, ValueError):
             return None
         return pid

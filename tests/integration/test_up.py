@@ -42,7 +42,8 @@ def test_up_prints_the_url_serves_login_and_ctrl_c_stops_everything(tmp_path: Pa
         assert hub.api("POST", "users/alice/server", json={"flavor": "python-small"}).status_code in (201, 202)
         model = hub.wait_for_server("alice")
         server_pid = model["servers"][""]["state"]["pid"]
-        proxy_pid = int((hub.data_dir / "proxy.pid").read_text())
+        # The engine (nginx) master, in its own session: the hub stops it.
+        proxy_pid = int((hub.data_dir / "engine" / "engine.pid").read_text())
         hub_pid = int((hub.data_dir / "jupyterhub.pid").read_text()) if (hub.data_dir / "jupyterhub.pid").exists() else None
         assert pid_alive(server_pid) and pid_alive(proxy_pid)
     except BaseException:
