@@ -216,15 +216,9 @@ class Gen3Proxy(Proxy):
                         os.chown(p, uid, gid)
 
     def _running_pid(self) -> int | None:
-        _, _, pid_file = self._paths()
-        try:
-            pid = int(pid_file.read_text().strip())
-            # A stale pid file may name a recycled pid: only an nginx master is ours.
-            if b"nginx" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return None
-        except (OSError, ValueError):
-            return None
-        return pid
+        from gen3workspace.hub.local import engine_pid
+
+        return engine_pid(Path(self.prefix_dir))
 
     def _nginx(self, *args: str) -> list[str]:
         prefix, conf, _ = self._paths()

@@ -208,3 +208,41 @@ def test_the_engine_config_is_rendered_from_the_one_template(hub: Hub) -> None:
     conf = (hub.data_dir / "engine" / "nginx.conf").read_text()
     assert "auth_request /_gen3ws_route;" in conf and f"location {BASE}user/" in conf
     assert json.dumps("@") not in conf and "@BASE_URL@" not in conf
+
+
+def test_the_engine_outlives_a_hub_restart_and_an_allowed_caller_keeps_working(fence: FenceStandIn, tmp_path: Path) -> None:
+    """JupyterHub's design (as with configurable-http-proxy): with cleanup_proxy off the engine
+    keeps running while the hub restarts, serves already-allowed callers from its decision
+    cache, and the new hub reloads it instead of starting a second one."""
+    import os
+    import signal
+
+    fence.add_user("mallory")
+    config = CONFIG.format(evil=str(REPO / "tests" / "support" / "evil_server.py"), connections=str(tmp_path / "connections"), public=PUBLIC + BASE, ops_access=OPS_ONLY_ACCESS, ops_wide=OPS_WIDE)
+    config += "\nc.JupyterHub.cleanup_proxy = False\nc.JupyterHub.cleanup_servers = False\n"
+    hub = Hub(tmp_path, fence=fence, extra_args=["--base-url", BASE], extra_config=config).start()
+    pid_file = hub.data_dir / "engine" / "engine.pid"
+    engine_pid = int(pid_file.read_text())
+    headers = bearer(fence, "mallory")
+    try:
+        assert requests.post(f"{hub.url}launch?id=python-small", headers=headers, timeout=60).status_code == 200
+        hub.wait_for_server("mallory")
+        assert echo(hub, headers).status_code == 200
+        hub.stop()
+        # The hub is gone; its decision for this caller is not.
+        assert requests.get(f"{hub.url}hub/health", timeout=10).status_code == 502
+        r = echo(hub, headers)
+        assert r.status_code == 200 and r.json()["x-forwarded-proto"] == "https"
+        # Nobody new gets in while the hub cannot decide.
+        assert echo(hub, {"Authorization": "bearer not-a-token"}).status_code == 502
+        hub.start()
+        assert int(pid_file.read_text()) == engine_pid, "the new hub started a second engine instead of reloading this one"
+        assert echo(hub, headers).status_code == 200
+        requests.post(f"{hub.url}terminate", headers=headers, timeout=60)
+        hub.wait_for_server("mallory", ready=False)
+    finally:
+        hub.stop()
+        try:
+            os.kill(engine_pid, signal.SIGQUIT)
+        except ProcessLookupError:
+            pass
