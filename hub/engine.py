@@ -88,7 +88,8 @@ class Gen3Proxy(Proxy):
         help="""How long the engine reuses the hub's "allowed" answer for the same caller
         credentials, target server, Origin and Upgrade (denials are never reused). Within this
         time a caller already allowed keeps working while the hub restarts; a revoked session
-        or token still reaches its own server for at most this long.""",
+        or token still reaches its own server for at most this long. The embedded engine's;
+        in the chart it is `proxy.decisionCacheSeconds`.""",
     )
 
     @validate("decision_cache_seconds")
