@@ -32,6 +32,7 @@ def _servers(spawner):
         spawner.args = []
         spawner.environment = dict(spawner.environment, GEN3_TEST_COLLECTOR="http://127.0.0.1:9/", GEN3_TEST_CONNECTIONS={connections!r})
 c.Spawner.pre_spawn_hook = _servers
+c.JupyterHub.allow_named_servers = True
 # Where users reach the commons (TLS ends in front of it): forwarding headers come from here.
 c.JupyterHub.public_url = {public!r}
 # Non-owners' scripts: one token with only access:servers, one with more.
@@ -187,6 +188,23 @@ def test_a_cached_allow_never_serves_another_caller(hub: Hub, fence: FenceStandI
     assert echo(hub, {}, path="user/bob/api/status").status_code == 302
     # A denial is never cached: the same request with credentials passes right after.
     assert echo(hub, {"Authorization": f"token {servers['mallory']}"}).status_code == 200
+
+
+def test_a_named_server_is_reached_at_its_own_path_by_its_owner_only(hub: Hub, fence: FenceStandIn, servers: dict[str, str]) -> None:
+    r = hub.api("POST", "users/mallory/servers/side", json={"flavor": "python-small"})
+    assert r.status_code in (201, 202), r.text
+    deadline = time.time() + 120
+    while not (hub.user_model("mallory")["servers"].get("side") or {}).get("ready"):
+        assert time.time() < deadline, "the named server did not start"
+        time.sleep(0.5)
+    try:
+        got = echo(hub, bearer(fence, "mallory"), path="user/mallory/side/echo-headers").json()
+        assert got["_served_by"] == f"{BASE}user/mallory/side/"
+        # The default server still answers its own paths, a missing name falls to it.
+        assert echo(hub, bearer(fence, "mallory")).json()["_served_by"] == f"{BASE}user/mallory/"
+        assert echo(hub, bearer(fence, "bob"), path="user/mallory/side/echo-headers").status_code == 403
+    finally:
+        hub.api("DELETE", "users/mallory/servers/side")
 
 
 def test_the_decision_endpoint_is_not_reachable_through_the_engine(hub: Hub, fence: FenceStandIn, servers: dict[str, str]) -> None:
