@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -242,7 +243,8 @@ class Gen3Proxy(Proxy):
         self.log.info("Starting the engine (nginx) at %s", self.public_url)
         # Its own session: a Ctrl-C to the hub must not cut users' connections before the
         # hub decides to stop it.
-        self._process = subprocess.Popen(self._nginx(), start_new_session=True)
+        self._process = subprocess.Popen(self._nginx(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        threading.Thread(target=self._relay_log, args=(self._process.stdout,), daemon=True, name="engine-log").start()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -251,6 +253,17 @@ class Gen3Proxy(Proxy):
                 return
             await asyncio.sleep(0.1)
         raise RuntimeError("the engine (nginx) did not write its pid file in 20 s")
+
+    def _relay_log(self, stream: Any) -> None:
+        """nginx's error (and, with --debug, access) log into the hub's log, scrubbed: its error
+        lines quote the request line, `?token=` included. If the hub goes first, nginx's
+        writes fail quietly (it ignores SIGPIPE) and it keeps serving."""
+        from gen3workspace.hub.logscrub import scrub
+
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self.log.info("engine: %s", scrub(line))
 
     async def stop(self) -> None:
         pid = self._running_pid()
