@@ -222,6 +222,17 @@ def test_a_150_mb_download_arrives_whole(hub: Hub, fence: FenceStandIn, servers:
     assert got == size
 
 
+def test_an_upload_reaches_the_server_whole(hub: Hub, servers: dict[str, str]) -> None:
+    # Streamed to the server (no body-size cap of the engine's): JupyterLab's contents API.
+    text = "0123456789abcdef" * (20 * 1024 * 1024 // 16)
+    url = f"{hub.url}user/bob/api/contents/upload.txt"
+    auth = {"Authorization": f"token {servers['bob']}"}
+    r = requests.put(url, json={"type": "file", "format": "text", "content": text}, headers=auth, timeout=120)
+    assert r.status_code in (200, 201), r.text[:300]
+    got = requests.get(url, headers=auth, timeout=120).json()
+    assert got["size"] == len(text) and got["content"] == text
+
+
 def test_the_engine_config_is_rendered_from_the_one_template(hub: Hub) -> None:
     conf = (hub.data_dir / "engine" / "nginx.conf").read_text()
     assert "auth_request /_gen3ws_route;" in conf and f"location {BASE}user/" in conf
