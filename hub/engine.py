@@ -5,7 +5,7 @@ decision (`gen3workspace.hub.gate.RouteDecisionHandler`), which names the upstre
 everything else to the hub. So `add_route`/`delete_route` only keep JupyterHub's view of the
 table. In the embedded mode (`should_start`) this class renders the config and runs nginx;
 in the chart nginx is a Deployment of its own, rendered from the same file
-(helm/gen3-workspace/files/engine.conf).
+(hub/engine.conf, which the chart reads through its link files/engine.conf).
 """
 
 from __future__ import annotations
