@@ -190,6 +190,21 @@ def test_a_cached_allow_never_serves_another_caller(hub: Hub, fence: FenceStandI
     assert echo(hub, {"Authorization": f"token {servers['mallory']}"}).status_code == 200
 
 
+def test_a_restarted_server_is_reached_at_its_new_address_not_a_cached_old_one(hub: Hub, fence: FenceStandIn, servers: dict[str, str]) -> None:
+    # The cached answer names an address; a stopped server's address may be the next
+    # server's, another user's. The cache must not outlive a restart.
+    headers = bearer(fence, "mallory")
+    before = echo(hub, headers).json()["_address"]
+    assert requests.post(f"{hub.url}terminate", headers=headers, timeout=60).status_code == 200
+    hub.wait_for_server("mallory", ready=False)
+    assert requests.post(f"{hub.url}launch?id=python-small", headers=headers, timeout=60).status_code == 200
+    hub.wait_for_server("mallory")
+    r = echo(hub, headers)
+    assert r.status_code == 200, r.text[:300]
+    model = hub.user_model("mallory")["servers"][""]
+    assert r.json()["_address"].endswith(":" + str(model["state"].get("port", r.json()["_address"].rsplit(":", 1)[1]))), (before, r.json()["_address"], model)
+
+
 def test_a_named_server_is_reached_at_its_own_path_by_its_owner_only(hub: Hub, fence: FenceStandIn, servers: dict[str, str]) -> None:
     r = hub.api("POST", "users/mallory/servers/side", json={"flavor": "python-small"})
     assert r.status_code in (201, 202), r.text

@@ -54,6 +54,7 @@ class Handler(BaseHTTPRequestHandler):
             seen = {k.lower(): v for k, v in self.headers.items()}
             # Which of the user's servers answered (default or named).
             seen["_served_by"] = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "")
+            seen["_address"] = "%s:%s" % self.server.server_address[:2]
             self._send(json.dumps(seen).encode(), "application/json")
             return
         if "/bytes/" in self.path:
