@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .local import LocalSettings, find_engine_command, persistent_secret
+from .local import LocalSettings, engine_running, find_engine_command, persistent_secret
 
 HUB_CONFIG = """\
 # Written by `gen3-workspace up`; edit the command's options instead.
@@ -111,7 +111,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if not port_free(args.ip, args.port):
+    if not port_free(args.ip, args.port) and not engine_running(data):
         print(f"error: port {args.port} on {args.ip} is in use; pick another with --port.", file=sys.stderr)
         return 2
     if args.flavors:

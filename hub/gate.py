@@ -38,7 +38,7 @@ def forwardable_cookies(header: str, drop: set[str]) -> str:
 def target_of(uri: str, base_url: str) -> tuple[str, str] | None:
     """(user segment, next segment) of `<base>user/<user>/<next>...` exactly as the client wrote them.
 
-    The same split as the engine's `$gen3_target` map (helm/gen3-workspace/files/engine.conf),
+    The same split as the engine's `$gen3_target` map (hub/engine.conf),
     which is part of its cache key: an allowed answer is reused only for the same two segments.
     """
     path = uri.split("?", 1)[0]

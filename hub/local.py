@@ -71,6 +71,22 @@ def find_engine_command() -> str:
     return shutil.which("nginx") or ""
 
 
+def engine_pid(prefix: Path) -> int | None:
+    """The pid of the nginx master whose pid file is in the engine folder `prefix`, if it runs.
+    A stale pid file may name a recycled pid: only an nginx is ours."""
+    try:
+        pid = int((prefix / "engine.pid").read_text().strip())
+        return pid if b"nginx" in Path(f"/proc/{pid}/cmdline").read_bytes() else None
+    except (OSError, ValueError):
+        return None
+
+
+def engine_running(data_dir: Path) -> bool:
+    """Whether this data dir's engine outlived its hub (JupyterHub.cleanup_proxy off): the
+    port is then the engine's own, and the new hub reloads it."""
+    return engine_pid(data_dir / "engine") is not None
+
+
 def persistent_secret(path: Path, nbytes: int = 32) -> str:
     """A hex secret kept in the data dir (mode 0600), so restarts keep cookies and auth_state readable."""
     if path.exists():
