@@ -20,6 +20,7 @@ from tornado.routing import PathMatches
 
 from gen3workspace.hub.identity import _Gen3Handler, hub_api_token
 from gen3workspace.hub.launcher import Gen3Launcher
+from gen3workspace.hub.pages import error_page
 
 HOP_BY_HOP = {
     "connection",
@@ -123,10 +124,7 @@ class UserServerGate(_Gen3Handler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = getattr(exc, "log_message", None) or self._reason
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(
-            "<!doctype html><meta charset=utf-8><title>Workspace</title>"
-            f"<p id='gen3-gate-error'>{_html(message)}</p>"
-        )
+        self.finish(error_page(self, status_code, message, exc))
 
     async def _forward(self, spawner: Any) -> None:
         url = spawner.server.host + self.request.uri
@@ -181,12 +179,6 @@ class UserServerGate(_Gen3Handler):
             self.log.warning("Gate: %s's server at %s did not answer: %s", spawner.user.name, spawner.server.host, e)
             raise web.HTTPError(502, "Your workspace server is not answering right now. Wait a moment and reload.") from None
         self.finish()
-
-
-def _html(text: str) -> str:
-    import html
-
-    return html.escape(str(text))
 
 
 

@@ -40,3 +40,43 @@ def test_logout_in_a_frame_moves_the_whole_window() -> None:
     assert "</script>\"" not in framed.body  # the target cannot close the script early
     top = FakeHandler("document")
     assert leave_frame(top, target) is False and top.body == ""
+
+
+def test_error_words_fit_the_situation_and_never_show_a_scope() -> None:
+    from tornado import web
+
+    from gen3workspace.hub.pages import WorkspaceRefused, explain_error
+
+    scope_refusal = "Action is not authorized with current scopes; requires any of [{}]"
+    admin = explain_error("alice", 403, scope_refusal.format("admin-ui"))
+    assert admin["heading"] == "This page is for administrators of this workspace"
+    other = explain_error("alice", 403, scope_refusal.format("servers!user=bob"))
+    assert other["heading"] == "This is not your workspace"
+    tokens = explain_error("alice", 403, scope_refusal.format("tokens"))
+    anything = explain_error("alice", 403, scope_refusal.format("read:groups"))
+    for words in (admin, other, tokens, anything):
+        assert "requires" not in words["text"] and "[" not in words["text"] and "cannot use the Workspace" not in words["heading"]
+    # The missing workspace permission keeps its own heading and the message naming the permission.
+    refusal = WorkspaceRefused("ned", "Your account ned is not allowed to use the Workspace: it needs the method 'access' …")
+    missing = explain_error("", 403, refusal.log_message, refusal)
+    assert missing == {"heading": "You cannot use the Workspace yet", "text": refusal.log_message}
+    assert refusal.status_code == 403 and refusal.gen3_username == "ned"
+    assert explain_error("alice", 404, "No access to resources or resources not found")["heading"] == "Not yours, or not here"
+    assert explain_error("alice", 404, "")["heading"] == "Page not found"
+    assert explain_error("alice", 403, "This address belongs to another user's workspace. You can only open your own.")["heading"] == "This is not your workspace"
+    assert explain_error("alice", 503, "")["heading"] == "Temporarily unavailable"
+    assert explain_error("alice", 500, "", web.HTTPError(500))["heading"] == "Something went wrong"
+
+
+def test_dev_login_names_are_unicode_nfc_and_a_refusal_says_the_rule() -> None:
+    import pytest
+    from tornado import web
+
+    from gen3workspace.hub.devauth import USERNAME_RULE, dev_username
+
+    assert dev_username("Zoe\u0308") == dev_username("Zo\u00eb") == "Zo\u00eb"
+    assert dev_username(" 张伟 ") == "张伟"
+    for bad in ("Anne Marie", "a/b", "..", "", "🦄", "x" * 65):
+        with pytest.raises(web.HTTPError) as e:
+            dev_username(bad)
+        assert e.value.status_code == 400 and USERNAME_RULE in e.value.log_message
