@@ -80,3 +80,41 @@ def test_dev_login_names_are_unicode_nfc_and_a_refusal_says_the_rule() -> None:
         with pytest.raises(web.HTTPError) as e:
             dev_username(bad)
         assert e.value.status_code == 400 and USERNAME_RULE in e.value.log_message
+
+
+def render_hub_template(name: str, **ns: Any) -> str:
+    """One of our templates rendered the way JupyterHub loads them (ours first, stock under templates/)."""
+    from pathlib import Path
+
+    from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader
+    from jupyterhub._data import DATA_FILES_PATH
+    from traitlets.config import Config
+
+    from gen3workspace.hub.pages import TEMPLATES, configure_pages
+
+    stock = Path(DATA_FILES_PATH) / "templates"
+    loader = ChoiceLoader([PrefixLoader({"templates": FileSystemLoader([str(stock)])}, "/"), FileSystemLoader([str(TEMPLATES), str(stock)])])
+    c = Config()
+    configure_pages(c, "Test Data Commons")
+    user = ns.pop("user", None)
+    template_vars = {k: (v(user) if callable(v) else v) for k, v in c.JupyterHub.template_vars.items()}
+    base = dict(base_url="/hub/", prefix="/", user=user, login_url="/hub/login", logout_url="/hub/logout", static_url=lambda p, **kw: "/hub/static/" + p,
+                version_hash="", services=[], parsed_scopes={}, expanded_scopes=set(), xsrf="x", xsrf_token="x", message_html="", extra_error_html="", exception=None)
+    return Environment(loader=loader, autoescape=True).get_template(name).render(**{**base, **template_vars, **ns})
+
+
+def test_every_error_status_renders_in_the_commons_style_with_the_user_and_logout() -> None:
+    import re
+
+    alice = SimpleNamespace(name="alice", json_escaped_name="alice", spawner=SimpleNamespace(options_form=""))
+    for template, status, message, heading in (
+        ("404.html", 404, "", "Page not found"),
+        ("error.html", 403, "Action is not authorized with current scopes; requires any of [admin-ui]", "This page is for administrators of this workspace"),
+        ("error.html", 500, "", "Something went wrong"),
+        ("error.html", 503, "", "Temporarily unavailable"),
+    ):
+        page = render_hub_template(template, user=alice, status_code=status, status_message="x", message=message)
+        title = re.search(r"<title>(.*?)</title>", page, re.S).group(1).strip()
+        assert title == f"{heading} · Test Data Commons Workspace", (status, title)
+        assert 'id="gen3-user">alice<' in page and 'id="logout"' in page and 'href="/hub/logout"' in page, status
+        assert "JupyterHub" not in title and "moons" not in page and "requires any of" not in page, status
