@@ -118,3 +118,19 @@ def test_every_error_status_renders_in_the_commons_style_with_the_user_and_logou
         assert title == f"{heading} · Test Data Commons Workspace", (status, title)
         assert 'id="gen3-user">alice<' in page and 'id="logout"' in page and 'href="/hub/logout"' in page, status
         assert "JupyterHub" not in title and "moons" not in page and "requires any of" not in page, status
+
+
+def test_every_other_page_has_the_commons_title() -> None:
+    import re
+
+    alice = SimpleNamespace(name="alice", json_escaped_name="alice", spawner=SimpleNamespace(options_form=""))
+    for template, title, ns in (
+        ("logout.html", "Logged out · ", {"user": None}),
+        ("stop_pending.html", "Stopping · ", {"user": alice, "server_name": ""}),
+        ("spawn_pending.html", "Starting · ", {"user": alice, "server_name": "", "progress_url": "/p", "spawner": SimpleNamespace(name="")}),
+        ("not_running.html", "Not running · ", {"user": alice, "server_name": "", "spawn_url": "/hub/spawn", "failed": False}),
+        ("login.html", "", {"user": None, "authenticator": SimpleNamespace(login_service="Fence"), "next": "", "authenticator_login_url": "/o"}),
+    ):
+        page = render_hub_template(template, **ns)
+        got = re.search(r"<title>(.*?)</title>", page, re.S).group(1).strip()
+        assert got == f"{title}Test Data Commons Workspace", (template, got)
