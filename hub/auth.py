@@ -124,7 +124,7 @@ class Gen3OAuthenticator(GenericOAuthenticator):
         Set False for a commons without such a policy; then the usual OAuthenticator allow
         settings decide (`allow_all`, `allowed_users`, `allowed_groups`).
         """,
-    )
+    ).tag(allow_config=True)  # it gates every login: JupyterHub's "No allow config" warning is wrong then
     admin_from_fence = Bool(
         True,
         config=True,

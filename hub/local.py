@@ -44,6 +44,17 @@ class LocalSettings:
     def fence_login(self) -> bool:
         return bool(self.commons_url and self.client_id)
 
+    @property
+    def public_url(self) -> str:
+        """Where the browser reaches the hub: the address the banner prints."""
+        host = "127.0.0.1" if self.ip in ("", "0.0.0.0") else self.ip
+        return f"http://{host}:{self.port}{self.base_url}"
+
+    @property
+    def oauth_callback_url(self) -> str:
+        """The redirect URL the Fence client must have registered for this hub."""
+        return f"{self.public_url}hub/oauth_callback"
+
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
 
@@ -129,8 +140,7 @@ def configure(c: Any, settings: LocalSettings) -> None:
         c.Gen3OAuthenticator.client_id = settings.client_id
         # The secret comes from the environment only, never from a file on disk or argv.
         c.Gen3OAuthenticator.client_secret = os.environ.get("GEN3_CLIENT_SECRET", "")
-        public = f"http://{'127.0.0.1' if settings.ip in ('', '0.0.0.0') else settings.ip}:{settings.port}"
-        c.Gen3OAuthenticator.oauth_callback_url = f"{public}{settings.base_url.rstrip('/')}/hub/oauth_callback"
+        c.Gen3OAuthenticator.oauth_callback_url = settings.oauth_callback_url
         if settings.commons_name:
             c.Gen3OAuthenticator.commons_name = settings.commons_name
         if settings.portal_url:
