@@ -116,6 +116,6 @@ def test_the_explicit_setting_gives_fence_admins_every_server(open_hub: Hub) -> 
     assert by_token.status_code == 200 and "started" in by_token.json(), by_token.text
     # In a browser, never: alice's script would run with ada's admin session (docs/architecture.md).
     page = session.get(f"{open_hub.url}user/alice/api/status", timeout=30)
-    assert page.status_code == 403 and "gen3-gate-error" in page.text, (page.status_code, page.url)
+    assert page.status_code == 403 and 'id="gen3-error-message"' in page.text, (page.status_code, page.url)
     assert open_hub.api("DELETE", "users/alice/server").status_code in (202, 204)
     open_hub.wait_for_server("alice", ready=False)
