@@ -16,7 +16,7 @@ import requests
 
 from benchmarks.stats import REPO
 from gen3workspace.hub.cli import free_port
-from gen3workspace.hub.local import find_proxy_command
+from gen3workspace.hub.local import find_proxy_command, persistent_secret
 from tests.support.hub import Hub
 
 VENV_BIN = Path(sys.executable).parent
@@ -218,20 +218,43 @@ class Ours(Side):
 
     name = "ours"
     spawn_body = {"flavor": "python-small"}
+    restarted: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "Ours":
-        self.hub = Hub(self.tmp, extra_config=COMMON_CONFIG.format(hub_port=self.hub_port))
+        # The proxy engine outlives the hub, as on Kubernetes where it is a Deployment of its own.
+        self.hub = Hub(self.tmp, extra_config=COMMON_CONFIG.format(hub_port=self.hub_port) + "c.JupyterHub.cleanup_proxy = False\n")
         self.hub.start(timeout=180)
         self.url = self.hub.url
         self.admin_token = self.hub.admin_token
         return self
 
     def restart_hub(self) -> None:
-        self.hub.stop()
-        self.hub.start(timeout=180)
+        """Only the JupyterHub process restarts (a hub pod restart), from the config `gen3-workspace up` wrote, with its environment."""
+        data = self.hub.data_dir
+        pid = self.hub_pid()
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and pid_running(pid):
+            time.sleep(0.05)
+        if self.restarted is not None:
+            self.restarted.wait(10)
+        env = dict(os.environ, JUPYTERHUB_CRYPT_KEY=persistent_secret(data / "crypt_key"), CONFIGPROXY_AUTH_TOKEN=persistent_secret(data / "proxy_token"),
+                   GEN3WS_DATA_DIR=str(data), GEN3WS_TEST_ADMIN_TOKEN=self.admin_token, PYTHONUNBUFFERED="1")
+        log = open(self.hub.log_path, "ab")
+        self.restarted = subprocess.Popen([sys.executable, "-m", "jupyterhub", "--config", str(data / "jupyterhub_config.py")],
+                                          cwd=str(data), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_healthy(self.url, self.restarted)
 
     def stop_hub(self) -> None:
+        proxies = self.proxy_pids()
+        if self.restarted is not None:
+            stop_process(self.restarted)
         self.hub.stop()
+        for pid in proxies:  # cleanup_proxy is off: the engine is ours to stop
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def drive(self, name: str) -> Path:
         return self.hub.data_dir / "drives" / name
@@ -240,11 +263,58 @@ class Ours(Side):
         return int((self.hub.data_dir / "jupyterhub.pid").read_text().strip())
 
     def proxy_pids(self) -> list[int]:
-        assert self.hub.proc is not None
-        return [p for p in descendants(self.hub.proc.pid) if is_proxy(cmdline(p))]
+        engine = self.hub.data_dir / "engine" / "engine.pid"
+        try:
+            master = int(engine.read_text().strip())
+        except (OSError, ValueError):
+            master = 0
+        if master and pid_running(master):
+            return [master, *children(master)]
+        chp = self.hub.data_dir / "proxy.pid"
+        try:
+            return [int(chp.read_text().strip())]
+        except (OSError, ValueError):
+            return []
 
     def log(self) -> str:
         return self.hub.log()
+
+
+def pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 180) -> None:
+    """Until the hub answers through the public port again."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the hub exited with {proc.returncode}")
+        try:
+            if requests.get(f"{url}hub/api/", timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("the hub did not come back")
 
 
 class Stock(Side):
@@ -284,26 +354,12 @@ class Stock(Side):
         env = dict(os.environ, CONFIGPROXY_AUTH_TOKEN=self.proxy_token, BENCH_ADMIN_TOKEN=self.admin_token)
         self.proc = subprocess.Popen([str(VENV_BIN / "jupyterhub"), "-f", str(self.cfg)], cwd=str(self.data), env=env,
                                      stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"stock hub exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if requests.get(f"{self.url}hub/api/", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("stock hub did not start")
+        try:
+            wait_healthy(self.url, self.proc)
+        except (RuntimeError, TimeoutError) as e:
+            raise RuntimeError(f"stock hub: {e}:\n{self.log()[-3000:]}") from None
 
-    def _stop_proc(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+    _stop_proc = staticmethod(stop_process)
 
     def restart_hub(self) -> None:
         self._stop_proc(self.proc)
