@@ -1,19 +1,25 @@
-"""A stand-in for Gen3's revproxy in browser tests: one origin for the portal, Fence (`/user/`) and the workspace (`/lw-workspace/`).
+"""A stand-in for Gen3's revproxy: one origin for the portal, Fence (`/user/`), the data services (`/index/`, `/ga4gh/`, `/manifests/`, `/api/`) and the workspace (`/lw-workspace/`).
 
-Like revproxy it routes by path prefix and turns the commons' `access_token` cookie into
-`Authorization: bearer <token>` for the workspace; it also serves a page that makes the portal
-Workspace page's calls (tests/support/portal_page.html). HTTP and WebSockets are relayed; it
-runs in a thread with its own event loop, like the Fence stand-in.
+Like revproxy it routes by path prefix with nginx's `proxy_pass` rule: an upstream given with a
+path (even just `/`) replaces the matched prefix by that path, one without a path gets the
+request's path unchanged; `regex_routes` are nginx's `location ~` blocks (tried first, in
+order). It turns the commons' `access_token` cookie into `Authorization: bearer <token>` for the
+workspace and serves a page that makes the portal Workspace page's calls
+(tests/support/portal_page.html). HTTP and WebSockets are relayed; it runs in a thread with its
+own event loop, like the Fence stand-in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 from aiohttp import web
 
 from gen3workspace.hub.cli import free_port
@@ -25,12 +31,22 @@ HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "content-leng
 class RevProxy:
     """`routes` maps a path prefix to an upstream base URL; the longest prefix wins."""
 
-    def __init__(self, routes: dict[str, str], workspace_prefix: str = "/lw-workspace/", bearer_from_cookie: bool = True, host: str = "127.0.0.1"):
+    def __init__(
+        self,
+        routes: dict[str, str],
+        workspace_prefix: str = "/lw-workspace/",
+        bearer_from_cookie: bool = True,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        regex_routes: list[tuple[str, str]] | None = None,
+    ):
         self.routes = dict(routes)
+        # (pattern, upstream URL template with \1-style groups), matched against the path.
+        self.regex_routes = [(re.compile(p), t) for p, t in (regex_routes or [])]
         self.workspace_prefix = workspace_prefix
         self.bearer_from_cookie = bearer_from_cookie
         self.host = host
-        self.port = free_port()
+        self.port = port or free_port()
         self.pages: dict[str, str] = {}
         self.requests: list[tuple[str, str, int]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -69,9 +85,21 @@ class RevProxy:
         loop.run_forever()
         loop.close()
 
-    def _upstream(self, path: str) -> str | None:
+    def _upstream_url(self, request: web.Request) -> str | None:
+        """The URL to relay `request` to, by nginx's rules, or None when no route matches."""
+        path, query = request.raw_path.split("?", 1) if "?" in request.raw_path else (request.raw_path, "")
+        suffix = f"?{query}" if query else ""
+        for pattern, template in self.regex_routes:
+            match = pattern.match(path)
+            if match:
+                return match.expand(template) + suffix
         best = max((p for p in self.routes if path.startswith(p)), key=len, default=None)
-        return self.routes[best] if best is not None else None
+        if best is None:
+            return None
+        upstream = self.routes[best]
+        if urlsplit(upstream).path:
+            return upstream + path[len(best):] + suffix
+        return upstream.rstrip("/") + path + suffix
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.path in self.pages:
@@ -81,8 +109,8 @@ class RevProxy:
         if request.path.startswith("/wts/"):
             # The portal asks the workspace token service first; no external IdPs here.
             return web.json_response({})
-        upstream = self._upstream(request.path)
-        if upstream is None:
+        url = self._upstream_url(request)
+        if url is None:
             return web.Response(status=404, text="revproxy stand-in: no route")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
         headers["Host"] = request.host
@@ -91,11 +119,10 @@ class RevProxy:
         token = request.cookies.get("access_token")
         if self.bearer_from_cookie and token and request.path.startswith(self.workspace_prefix) and "Authorization" not in headers:
             headers["Authorization"] = f"bearer {token}"
-        url = upstream.rstrip("/") + str(request.rel_url)
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request, url, headers)
         async with aiohttp.ClientSession(auto_decompress=False) as session:
-            async with session.request(request.method, url, headers=headers, data=await request.read(), allow_redirects=False) as up:
+            async with session.request(request.method, URL(url, encoded=True), headers=headers, data=await request.read(), allow_redirects=False) as up:
                 body = await up.read()
                 self.requests.append((request.method, request.path, up.status))
                 resp = web.Response(status=up.status, body=body)
