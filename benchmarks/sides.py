@@ -14,9 +14,9 @@ from typing import Any
 
 import requests
 
-from benchmarks.stats import REPO
+from benchmarks.stats import REPO, chp_command
 from gen3workspace.hub.cli import free_port
-from gen3workspace.hub.local import find_proxy_command, persistent_secret
+from gen3workspace.hub.local import persistent_secret
 from tests.support.hub import Hub
 
 VENV_BIN = Path(sys.executable).parent
@@ -130,6 +130,7 @@ class Side:
         self.tmp = tmp
         self.hub_port = free_port()
         self.tokens: dict[str, str] = {}
+        self.known_pids: set[int] = set()
 
     url: str
     admin_token: str
@@ -153,6 +154,8 @@ class Side:
             for u in self.api("GET", "users", params={"state": "ready"}).json():
                 pending.discard(u["name"])
             time.sleep(0.5)
+        # Kept so stop() can end them even when the hub is down (they outlive it by design here).
+        self.known_pids.update(self.server_pids())
         if pending:
             raise TimeoutError(f"{self.name}: {len(pending)} servers not ready in {timeout:.0f} s")
         return time.monotonic() - began
@@ -200,13 +203,16 @@ class Side:
 
     def stop(self) -> None:
         """Stop every server (they outlive the hub by design here), then the hub and the proxy."""
+        pids = set(self.known_pids)
         try:
-            pids = self.server_pids()
+            pids.update(self.server_pids())
             self.stop_servers([u["name"] for u in self.api("GET", "users").json()])
         except requests.RequestException:
-            pids = []
+            pass
         self.stop_hub()
         for pid in pids:
+            if "jupyterhub-singleuser" not in cmdline(pid):
+                continue  # gone already (its pid may belong to someone else by now)
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -343,7 +349,7 @@ class Stock(Side):
         self.log_file = open(self.tmp / "stock.log", "ab")
         env = dict(os.environ, CONFIGPROXY_AUTH_TOKEN=self.proxy_token)
         self.proxy = subprocess.Popen(
-            [find_proxy_command(), "--ip", "127.0.0.1", "--port", str(self.port), "--api-ip", "127.0.0.1", "--api-port", str(self.api_port),
+            [chp_command(), "--ip", "127.0.0.1", "--port", str(self.port), "--api-ip", "127.0.0.1", "--api-port", str(self.api_port),
              "--default-target", f"http://127.0.0.1:{self.hub_port}", "--error-target", f"http://127.0.0.1:{self.hub_port}/hub/error"],
             env=env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )

@@ -16,6 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "test-artifacts" / "bench"
 
 
+def chp_command() -> str:
+    """configurable-http-proxy from package-lock.json (scripts/setup.sh installs it): the stock peers' proxy."""
+    path = REPO / "node_modules" / ".bin" / "configurable-http-proxy"
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: run scripts/setup.sh (it installs the stock peers' configurable-http-proxy)")
+    return str(path)
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100): a value that was measured, never interpolated."""
     if not values:
