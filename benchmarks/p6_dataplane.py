@@ -146,7 +146,7 @@ def report(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--full", action="store_true", help="the issue's 1 GB object, 2 runs per path")
-    p.add_argument("--size-mb", type=int, help="object size (default 256 MB, 1024 with --full: moto's S3 server serves ~10 MB/s here)")
+    p.add_argument("--size-mb", type=int, help="object size (default 256 MB, 1024 with --full)")
     p.add_argument("--repeats", type=int, help="runs per path (default 1, 2 with --full)")
     args = p.parse_args(argv)
     res = run(args.size_mb or (1024 if args.full else 256), args.repeats or (2 if args.full else 1))
