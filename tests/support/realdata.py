@@ -13,6 +13,7 @@ API (the session fixture `real_data` in tests/conftest.py returns a started `Dat
 - URLs, all through the revproxy stand-in as a workspace sees them: `commons_url` (what
   GEN3_ENDPOINT is), `fence_url` (`/user`), `indexd_url` (`/index`), `manifests_url`
   (`/manifests`), `submission_url` (`/api/v0/submission`), `drs_url` (`/ga4gh/drs/v1`);
+  `https_host` is the same revproxy with TLS (certificate in `ca_file`) for `gen3 drs-pull`;
   `s3_url` is moto itself (the address signed URLs point at); `direct` maps each service
   name to its own port, without the revproxy.
 - `program`, `project`, `project_id` ("DEV-test"), `resource` (its arborist path),
@@ -128,6 +129,16 @@ class DataBed:
     @property
     def drs_url(self) -> str:
         return f"{self.commons_url}/ga4gh/drs/v1"
+
+    @property
+    def https_host(self) -> str:
+        """host:port of the same revproxy with TLS (a self-signed certificate, `ca_file`): what `gen3 drs-pull` needs."""
+        return f"127.0.0.1:{self.fence.front.tls_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        assert self.fence.front.ca_file is not None
+        return self.fence.front.ca_file
 
     @property
     def s3_url(self) -> str:

@@ -129,6 +129,8 @@ class FenceBed:
             # DRS access (signed URLs) is Fence's, the DRS objects are indexd's.
             regex_routes=[(r"^/ga4gh/drs/v1/objects/(.+)/access(/.*)?$", self.direct_url + r"/user/ga4gh/drs/v1/objects/\1/access\2")],
             bearer_from_cookie=False,
+            # `gen3 drs-pull` speaks only https (tests/support/realdata.py: `https_host`).
+            tls=True,
         )
         self.users = {k: dict(v) for k, v in (users or DEFAULT_USERS).items()}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}

@@ -3,7 +3,9 @@
 Like revproxy it routes by path prefix with nginx's `proxy_pass` rule: an upstream given with a
 path (even just `/`) replaces the matched prefix by that path, one without a path gets the
 request's path unchanged; `regex_routes` are nginx's `location ~` blocks (tried first, in
-order). It turns the commons' `access_token` cookie into `Authorization: bearer <token>` for the
+order). With `tls=True` it also listens with TLS on `tls_port`, with a self-signed certificate
+for 127.0.0.1 (`ca_file`), for clients that only speak https (the SDK's `gen3 drs-pull`). It
+turns the commons' `access_token` cookie into `Authorization: bearer <token>` for the
 workspace and serves a page that makes the portal Workspace page's calls
 (tests/support/portal_page.html). HTTP and WebSockets are relayed; it runs in a thread with its
 own event loop, like the Fence stand-in.
@@ -12,7 +14,11 @@ own event loop, like the Fence stand-in.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import re
+import ssl
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,7 @@ class RevProxy:
         host: str = "127.0.0.1",
         port: int | None = None,
         regex_routes: list[tuple[str, str]] | None = None,
+        tls: bool = False,
     ):
         self.routes = dict(routes)
         # (pattern, upstream URL template with \1-style groups), matched against the path.
@@ -47,6 +54,8 @@ class RevProxy:
         self.bearer_from_cookie = bearer_from_cookie
         self.host = host
         self.port = port or free_port()
+        self.tls_port = free_port() if tls else None
+        self.ca_file: Path | None = None
         self.pages: dict[str, str] = {}
         self.requests: list[tuple[str, str, int]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -56,6 +65,35 @@ class RevProxy:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        return f"https://{self.host}:{self.tls_port}"
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.host)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(self.host))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        folder = Path(tempfile.mkdtemp(prefix="revproxy-tls-"))
+        self.ca_file = folder / "cert.pem"
+        self.ca_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.ca_file, folder / "key.pem")
+        return context
 
     def start(self) -> "RevProxy":
         ready = threading.Event()
@@ -81,6 +119,8 @@ class RevProxy:
         self._runner = web.AppRunner(app, access_log=None)
         loop.run_until_complete(self._runner.setup())
         loop.run_until_complete(web.TCPSite(self._runner, self.host, self.port, reuse_address=True).start())
+        if self.tls_port:
+            loop.run_until_complete(web.TCPSite(self._runner, self.host, self.tls_port, reuse_address=True, ssl_context=self._ssl_context()).start())
         ready.set()
         loop.run_forever()
         loop.close()
@@ -114,7 +154,7 @@ class RevProxy:
             return web.Response(status=404, text="revproxy stand-in: no route")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP}
         headers["Host"] = request.host
-        headers["X-Forwarded-Proto"] = "http"
+        headers["X-Forwarded-Proto"] = request.scheme
         headers["X-Forwarded-For"] = request.remote or "127.0.0.1"
         token = request.cookies.get("access_token")
         if self.bearer_from_cookie and token and request.path.startswith(self.workspace_prefix) and "Authorization" not in headers:

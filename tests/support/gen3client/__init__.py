@@ -154,7 +154,7 @@ def run_cell(python: str | Path, code: str, env: Mapping[str, str], cwd: Path, t
 
 
 def check_workflows(bed: DataBed, env: Mapping[str, str], drive: Path, profile: str, python: str | Path, tag: str) -> None:
-    """The user guide's data workflows, typed as a researcher types them in the server's terminal and notebook, against the real bed; bytes compared with the bucket's.
+    """The user guide's data workflows (gen3-client, the SDK, `gen3 drs-pull`), typed as a researcher types them in the server's terminal and notebook, against the real bed; bytes compared with the bucket's.
 
     `tag` keeps file names apart between callers (the bed lives for the whole session).
     """
@@ -188,3 +188,25 @@ def check_workflows(bed: DataBed, env: Mapping[str, str], drive: Path, profile: 
     assert sorted(r.split("\t")[header.index("submitter_id")] for r in rows[1:]) == sorted(bed.nodes["case"])
     assert got["presigned"]["url"].startswith(f"{bed.s3_url}/")
     assert got["downloaded"] is True and (drive / "sdk-download" / single.file_name).read_bytes() == single.content
+
+    # gen3 drs-pull builds https://<host>/ga4gh/... itself, so it gets the bed's TLS address;
+    # REQUESTS_CA_BUNDLE stands for a commons certificate any CA store trusts. A compact GUID
+    # (dg.TEST/...) is resolved through the aggregate metadata service unless the commons is
+    # named: --commons_url for one object, `commons_url` in each entry of a manifest (the
+    # portal's export adds it).
+    tls_env = {**env, "REQUESTS_CA_BUNDLE": str(bed.ca_file)}
+    done = run_command(["gen3", "--endpoint", bed.https_host, "--commons_url", bed.https_host, "drs-pull", "object", single.guid, "--output-dir", "drs-object"], tls_env, drive)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (drive / "drs-object" / single.file_name).read_bytes() == single.content, done.stderr[-3000:]
+    (drive / "drs-manifest.json").write_text(json.dumps([{**entry, "commons_url": bed.https_host} for entry in manifest]))
+    done = run_command(["gen3", "--endpoint", bed.https_host, "drs-pull", "manifest", "drs-manifest.json", "drs-files"], tls_env, drive)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for r in many:
+        assert (drive / "drs-files" / r.file_name).read_bytes() == r.content, done.stderr[-3000:]
+
+
+def run_command(argv: Sequence[str], env: Mapping[str, str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run a command found on the server's own PATH, as its terminal would."""
+    program = shutil.which(argv[0], path=env.get("PATH", ""))
+    assert program, f"{argv[0]} is not on the server's PATH: {env.get('PATH')}"
+    return subprocess.run([program, *argv[1:]], env=dict(env), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
