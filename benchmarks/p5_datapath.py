@@ -27,6 +27,7 @@ import aiohttp
 from benchmarks.kernelws import KernelSocket, start_kernel
 from benchmarks.sides import Meter, Ours, Side, Stock
 from benchmarks.stats import fmt, goal, goals_table, interleaved, load, percentile, ratio, summary, table, write_results
+from tests.support.bigfiles import sha256_file, write_pattern_file
 
 MB = 1 << 20
 GB = 1 << 30
@@ -50,17 +51,6 @@ def auth(side: Side, user: str) -> dict[str, str]:
 def client(limit: int = 100) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit), timeout=aiohttp.ClientTimeout(total=None, sock_read=120))
 
-
-def write_pattern_file(path: Path, size: int) -> str:
-    """Every MiB different (a random block stamped with its index); returns the sha256."""
-    block = bytearray(os.urandom(MB))
-    digest = hashlib.sha256()
-    with open(path, "wb") as f:
-        for i in range(size // MB):
-            block[:8] = i.to_bytes(8, "big")
-            f.write(block)
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def place(sides: dict[str, Side], user: str, name: str, src: Path) -> None:
@@ -223,13 +213,6 @@ async def upload(http: aiohttp.ClientSession, side: Side, user: str, name: str, 
     seconds = time.perf_counter() - began
     return {"status": 200, "bytes": size, "seconds": seconds, "mb_s": size / MB / seconds}
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MB):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def idle_cpu(side: Side, seconds: float = 5) -> dict[str, Any]:

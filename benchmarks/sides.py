@@ -18,6 +18,7 @@ from benchmarks.stats import REPO, chp_command
 from gen3workspace.hub.cli import free_port
 from gen3workspace.hub.local import persistent_secret
 from tests.support.hub import Hub
+from tests.support.processes import pid_alive
 
 VENV_BIN = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -240,7 +241,7 @@ class Ours(Side):
         pid = self.hub_pid()
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and pid_running(pid):
+        while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.05)
         if self.restarted is not None:
             self.restarted.wait(10)
@@ -274,7 +275,7 @@ class Ours(Side):
             master = int(engine.read_text().strip())
         except (OSError, ValueError):
             master = 0
-        if master and pid_running(master):
+        if master and pid_alive(master):
             return [master, *children(master)]
         chp = self.hub.data_dir / "proxy.pid"
         try:
@@ -285,17 +286,6 @@ class Ours(Side):
     def log(self) -> str:
         return self.hub.log()
 
-
-def pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def stop_process(proc: subprocess.Popen[bytes]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from urllib.parse import urlparse
 import pytest
 import requests
 
+from tests.support.bigfiles import sha256_file, write_pattern_file
 from tests.support.hub import Hub
 
 GB = 1 << 30
@@ -25,24 +25,6 @@ RSS_SLACK = 100 * MB
 STALLED_SIZE = 95 * MB
 
 
-def write_pattern_file(path: Path, size: int) -> str:
-    """A file whose every MiB differs (a random block stamped with its index), so a cut, a repeat or a reorder changes the hash; returns its sha256."""
-    block = bytearray(os.urandom(MB))
-    digest = hashlib.sha256()
-    with open(path, "wb") as f:
-        for i in range(size // MB):
-            block[:8] = i.to_bytes(8, "big")
-            f.write(block)
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(4 * MB):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def rss(pid: int) -> int:
