@@ -27,6 +27,7 @@ ensure_proxy() {
   local stamp=node_modules/.package-lock.sha256
   local want; want="$(sha256sum package-lock.json | cut -d' ' -f1)"
   if [ -x node_modules/.bin/configurable-http-proxy ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return; fi
+  # Stock configurable-http-proxy: only the benchmarks' stock-JupyterHub side runs it.
   log "configurable-http-proxy from package-lock.json"
   npm ci --no-audit --no-fund --loglevel=error
   echo "$want" > "$stamp"

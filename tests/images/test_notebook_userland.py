@@ -27,6 +27,7 @@ def test_the_assembly_reproduces_every_step_of_the_final_stage() -> None:
             (str(HOOK.relative_to(notebook_image.REPO)), "/usr/local/bin/before-notebook.d/50-gen3-client-profile.py"),
             (str(JUPYTER_CONFIG.relative_to(notebook_image.REPO)), "/usr/local/etc/jupyter/jupyter_server_config.py"),
             ("spawner/singleuser/labconfig/page_config.json", "/usr/local/etc/jupyter/labconfig/page_config.json"),
+            ("spawner/singleuser/gen3ws_export.py", "/usr/local/etc/jupyter/gen3ws_export.py"),
         ]
     )
     assert plan.gen3_client == "/usr/local/bin/gen3-client"
