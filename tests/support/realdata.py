@@ -2,7 +2,8 @@
 
 Built by tests/support/databed/build.sh (pinned sources from ../shared/thirdparty, cached in
 .cache/databed) next to the real-Fence bed (tests/support/realfence.py), whose PostgreSQL
-cluster, arborist, Fence and revproxy stand-in it shares. Fence is configured by FenceBed to
+cluster, arborist, Fence, moto and revproxy stand-in it shares (each service's port is picked
+when it starts, and its revproxy route added then). Fence is configured by FenceBed to
 sign URLs for `DATA_BUCKET` from indexd records; users, policies and projects come from
 `fence-create sync` (realfence.AUTHZ / DEFAULT_USERS); records go in through indexd's API; the
 program `DEV`, project `test` and a few nodes through sheepdog's API. The one stand-in is the
@@ -39,7 +40,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -50,6 +50,7 @@ import boto3
 import requests
 from botocore.config import Config
 
+from gen3workspace.hub.cli import free_port
 from tests.support.realfence import BUCKET_CREDENTIALS, DATA_BUCKET, DATA_PROGRAM, DATA_PROJECT, DATA_RESOURCE, FenceBed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,7 +84,7 @@ class Record:
 
 
 class DataBed:
-    """moto, indexd, manifestservice and sheepdog as child processes of a started FenceBed; `start()` once, `stop()` by PID."""
+    """indexd, manifestservice and sheepdog as child processes of a started FenceBed (which runs moto); `start()` once, `stop()` by PID."""
 
     program, project = DATA_PROGRAM, DATA_PROJECT
     project_id = f"{DATA_PROGRAM}-{DATA_PROJECT}"
@@ -103,6 +104,8 @@ class DataBed:
         self.nodes: dict[str, list[str]] = {}
         self._tokens: dict[tuple[str, tuple[str, ...]], tuple[float, str]] = {}
         self.start_seconds: float | None = None
+        # Picked just before each service binds it (the bed may start long after Fence's).
+        self.indexd_port = self.manifests_port = self.sheepdog_port = 0
 
     # --- addresses ---------------------------------------------------------------------
 
@@ -148,8 +151,8 @@ class DataBed:
     def direct(self) -> dict[str, str]:
         f = self.fence
         return {
-            "fence": f.direct_url, "arborist": f.arborist_url, "indexd": f"http://127.0.0.1:{f.indexd_port}",
-            "manifestservice": f"http://127.0.0.1:{f.manifests_port}", "sheepdog": f"http://127.0.0.1:{f.sheepdog_port}",
+            "fence": f.direct_url, "arborist": f.arborist_url, "indexd": f"http://127.0.0.1:{self.indexd_port}",
+            "manifestservice": f"http://127.0.0.1:{self.manifests_port}", "sheepdog": f"http://127.0.0.1:{self.sheepdog_port}",
             "moto": self.s3_url,
         }
 
@@ -158,7 +161,7 @@ class DataBed:
     def start(self) -> "DataBed":
         started = time.monotonic()
         try:
-            self._start_moto()
+            self._make_buckets()
             self._start_indexd()
             self._start_manifestservice()
             self._start_sheepdog()
@@ -226,12 +229,12 @@ class DataBed:
             aws_access_key_id=BUCKET_CREDENTIALS["aws_access_key_id"], aws_secret_access_key=BUCKET_CREDENTIALS["aws_secret_access_key"],
         )
 
-    def _start_moto(self) -> None:
-        moto = Path(sys.executable).with_name("moto_server")
-        self._spawn("moto", [str(moto), "-H", "127.0.0.1", "-p", str(self.fence.moto_port)], env={**os.environ}, cwd=self.tmp)
-        self._wait_http("moto", f"{self.s3_url}/moto-api/")
+    def _make_buckets(self) -> None:
+        # moto itself runs with the Fence bed, whose config names its address.
+        existing = {b["Name"] for b in self.s3().list_buckets().get("Buckets", [])}
         for bucket in (DATA_BUCKET, MANIFEST_BUCKET):
-            self.s3().create_bucket(Bucket=bucket)
+            if bucket not in existing:
+                self.s3().create_bucket(Bucket=bucket)
 
     def bucket_object(self, key: str, bucket: str = DATA_BUCKET) -> bytes:
         return self.s3().get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -259,13 +262,16 @@ class DataBed:
             "settings = {'config': CONFIG, 'auth': AUTH, 'use_single_table': False}\n"
         )
         env = {**self._base_env("indexd"), "INDEXD_SETTINGS": str(settings), "PYTHONPATH": f"{self._src('indexd')}:{HERE}"}
+        self.indexd_port = free_port()
         # The source tree is the cwd: start-up runs indexd's alembic migrations from ./alembic.ini.
         self._spawn(
             "indexd",
-            [str(self._venv("indexd") / "gunicorn"), "--bind", f"127.0.0.1:{self.fence.indexd_port}", "--workers", "1", "--threads", "4", "--timeout", "120", "indexd_wsgi:application"],
+            [str(self._venv("indexd") / "gunicorn"), "--bind", f"127.0.0.1:{self.indexd_port}", "--workers", "1", "--threads", "4", "--timeout", "120", "indexd_wsgi:application"],
             env=env, cwd=self._src("indexd"),
         )
         self._wait_http("indexd", f"{self.direct['indexd']}/_status")
+        # Gen3's revproxy paths: records under /index/, DRS objects (not their access) under /ga4gh/.
+        self.fence.front.routes.update({"/index/": f"{self.direct['indexd']}/", "/ga4gh/": f"{self.direct['indexd']}/ga4gh/"})
         # The writer account, as an operator makes it. The tool prints nothing and exits 0 even
         # when it fails, so the table is checked.
         done = subprocess.run(
@@ -308,12 +314,14 @@ class DataBed:
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL_S3": self.s3_url,
         }
+        self.manifests_port = free_port()
         self._spawn(
             "manifestservice",
-            [str(self._venv("manifestservice") / "gunicorn"), "--bind", f"127.0.0.1:{self.fence.manifests_port}", "--workers", "1", "--threads", "4", "--timeout", "120", "manifestservice.api:app"],
+            [str(self._venv("manifestservice") / "gunicorn"), "--bind", f"127.0.0.1:{self.manifests_port}", "--workers", "1", "--threads", "4", "--timeout", "120", "manifestservice.api:app"],
             env=env, cwd=home,
         )
         self._wait_http("manifestservice", f"{self.direct['manifestservice']}/_status")
+        self.fence.front.routes["/manifests/"] = f"{self.direct['manifestservice']}/"
 
     # --- sheepdog ------------------------------------------------------------------------
 
@@ -349,12 +357,14 @@ class DataBed:
         done = subprocess.run([str(self._venv("sheepdog") / "python"), "-c", script], cwd=self._src("sheepdog"), env=env, capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             raise RuntimeError(f"sheepdog's table set-up failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
+        self.sheepdog_port = free_port()
         self._spawn(
             "sheepdog",
-            [str(self._venv("sheepdog") / "gunicorn"), "--bind", f"127.0.0.1:{f.sheepdog_port}", "--workers", "1", "--threads", "4", "--timeout", "120", "sheepdog_wsgi:application"],
+            [str(self._venv("sheepdog") / "gunicorn"), "--bind", f"127.0.0.1:{self.sheepdog_port}", "--workers", "1", "--threads", "4", "--timeout", "120", "sheepdog_wsgi:application"],
             env=env, cwd=self._src("sheepdog"),
         )
         self._wait_http("sheepdog", f"{self.direct['sheepdog']}/_status", timeout=120)
+        self.fence.front.routes["/api/"] = f"{self.direct['sheepdog']}/"
 
     def _submit(self, path: str, body: Any, method: str = "PUT") -> Any:
         token = self.access_token(self.submitter)

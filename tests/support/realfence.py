@@ -24,6 +24,7 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -116,16 +117,13 @@ class FenceBed:
         self.pg = Postgres(user="postgres", host_auth="trust", durable=False, prefix="fencebed-pg-")
         self.pg_port = self.pg.port
         self.arborist_port, self.port = free_port(), free_port()
-        # The data-plane services' ports are fixed now: Fence's config names indexd and the bucket.
-        self.indexd_port, self.moto_port, self.manifests_port, self.sheepdog_port = free_port(), free_port(), free_port(), free_port()
+        # Fence's config names the bucket's address, so moto runs with this bed (started first,
+        # right after its port is picked); the data services, which may start much later, get
+        # their routes in `front` when they start (tests/support/realdata.py), and Fence reaches
+        # indexd through `front` too.
+        self.moto_port = free_port()
         self.front = RevProxy(
-            {
-                "/user/": self.direct_url,
-                "/index/": f"http://127.0.0.1:{self.indexd_port}/",
-                "/ga4gh/": f"http://127.0.0.1:{self.indexd_port}/ga4gh/",
-                "/manifests/": f"http://127.0.0.1:{self.manifests_port}/",
-                "/api/": f"http://127.0.0.1:{self.sheepdog_port}/",
-            },
+            {"/user/": self.direct_url},
             # DRS access (signed URLs) is Fence's, the DRS objects are indexd's.
             regex_routes=[(r"^/ga4gh/drs/v1/objects/(.+)/access(/.*)?$", self.direct_url + r"/user/ga4gh/drs/v1/objects/\1/access\2")],
             bearer_from_cookie=False,
@@ -165,6 +163,7 @@ class FenceBed:
     def start(self) -> "FenceBed":
         try:
             self.front.start()
+            self._start_moto()
             self._start_postgres()
             self._start_arborist()
             self._write_fence_config()
@@ -177,7 +176,7 @@ class FenceBed:
         return self
 
     def stop(self) -> None:
-        for name in ("fence", "arborist"):
+        for name in ("fence", "arborist", "moto"):
             proc = self.procs.pop(name, None)
             if proc is None or proc.poll() is not None:
                 continue
@@ -221,6 +220,13 @@ class FenceBed:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"{name} did not answer {url} within {timeout} s:\n{self.log(name)[-4000:]}")
+
+    # --- the bucket (moto's S3 server; tests/support/realdata.py makes the buckets) -------
+
+    def _start_moto(self) -> None:
+        moto = Path(sys.executable).with_name("moto_server")
+        self._spawn("moto", [str(moto), "-H", "127.0.0.1", "-p", str(self.moto_port)], env={**os.environ}, cwd=self.tmp)
+        self._wait_http("moto", f"http://127.0.0.1:{self.moto_port}/moto-api/")
 
     # --- PostgreSQL ----------------------------------------------------------------------
 
@@ -293,7 +299,7 @@ class FenceBed:
                 # Signed URLs from indexd records over the bed's bucket (moto): INDEXD must be
                 # given (the default BASE_URL/index is wrong), `endpoint_url` is Fence's own key,
                 # and with `region` set Fence never asks AWS where the bucket is.
-                "INDEXD": f"http://127.0.0.1:{self.indexd_port}",
+                "INDEXD": f"{self.front.url}/index",
                 "AWS_CREDENTIALS": {"bed": dict(BUCKET_CREDENTIALS)},
                 "S3_BUCKETS": {DATA_BUCKET: {"cred": "bed", "region": "us-east-1", "endpoint_url": f"http://127.0.0.1:{self.moto_port}"}},
                 "GS_BUCKETS": {},
