@@ -48,18 +48,8 @@ for name in "${NAMES[@]}"; do
     archives+=("$path")
 done
 
-find_python() {
-    if [[ -n "${FENCE_PYTHON:-}" ]]; then echo "$FENCE_PYTHON"; return; fi
-    local candidate
-    for candidate in $(ls -d "$HOME"/.pyenv/versions/3.1[3-9].* 2>/dev/null | sort -V -r) \
-            /usr/bin/python3.13 /usr/local/bin/python3.13; do
-        [[ -x "$candidate/bin/python" ]] && { echo "$candidate/bin/python"; return; }
-        [[ -x "$candidate" && ! -d "$candidate" ]] && { echo "$candidate"; return; }
-    done
-    say "no Python >= 3.13 found (indexd, manifestservice and sheepdog need it). Install one or set FENCE_PYTHON."
-    exit 1
-}
-python="$(find_python)"
+source "$(dirname "${BASH_SOURCE[0]}")/../python313.sh"
+python="$(find_python "indexd, manifestservice and sheepdog")"
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 13))' || { say "$python is older than 3.13"; exit 1; }
 command -v uv >/dev/null || { say "'uv' is not on PATH (scripts/setup.sh installs it)"; exit 1; }
 

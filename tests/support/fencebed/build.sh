@@ -39,18 +39,8 @@ need_archive() { # path repo commit
 need_archive "$fence_tar" uc-cdis/fence "$FENCE_COMMIT" FENCE_TARBALL
 need_archive "$arborist_tar" uc-cdis/arborist "$ARBORIST_COMMIT" ARBORIST_TARBALL
 
-find_python() {
-    if [[ -n "${FENCE_PYTHON:-}" ]]; then echo "$FENCE_PYTHON"; return; fi
-    local candidate
-    for candidate in $(ls -d "$HOME"/.pyenv/versions/3.1[3-9].* 2>/dev/null | sort -V -r) \
-            /usr/bin/python3.13 /usr/local/bin/python3.13; do
-        [[ -x "$candidate/bin/python" ]] && { echo "$candidate/bin/python"; return; }
-        [[ -x "$candidate" && ! -d "$candidate" ]] && { echo "$candidate"; return; }
-    done
-    say "no Python >= 3.13 found (Fence 13 needs it). Install one (e.g. pyenv install 3.13) or set FENCE_PYTHON."
-    exit 1
-}
-python="$(find_python)"
+source "$(dirname "${BASH_SOURCE[0]}")/../python313.sh"
+python="$(find_python "Fence 13")"
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 13))' ||
     { say "$python is older than 3.13; Fence 13 needs >= 3.13"; exit 1; }
 
