@@ -28,7 +28,6 @@ DEFAULT_SQLITE_PATH = "/srv/jupyterhub/jupyterhub.sqlite"
 ENV_CLIENT_SECRET = "GEN3WS_CLIENT_SECRET"
 ENV_COOKIE_SECRET = "GEN3WS_COOKIE_SECRET"
 ENV_CRYPT_KEY = "JUPYTERHUB_CRYPT_KEY"
-ENV_PROXY_TOKEN = "CONFIGPROXY_AUTH_TOKEN"
 ENV_DB_PASSWORD = "GEN3WS_DB_PASSWORD"
 
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
@@ -161,9 +160,9 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
     ancestors = " ".join(["'self'", *frame_ancestors])
     _merge(c.JupyterHub, {"tornado_settings": {"headers": {"Content-Security-Policy": f"frame-ancestors {ancestors}"}}})
 
-    # The proxy runs as its own Deployment; the hub only talks to its API.
-    c.ConfigurableHTTPProxy.should_start = False
-    c.ConfigurableHTTPProxy.api_url = _get(cfg, "proxy.apiUrl")
+    # The engine (nginx) runs as a Deployment of its own, its config rendered by the chart from
+    # the same file as the embedded mode's (files/engine.conf); the hub only answers its decisions.
+    c.Gen3Proxy.should_start = False
 
     cookie_hex = environ.get(ENV_COOKIE_SECRET, "")
     if cookie_hex:
@@ -171,9 +170,6 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
             c.JupyterHub.cookie_secret = bytes.fromhex(cookie_hex)
         except ValueError:
             raise ChartConfigError(f"{ENV_COOKIE_SECRET} is not hex; delete the hub Secret's cookie-secret key and upgrade to regenerate it") from None
-    proxy_token = environ.get(ENV_PROXY_TOKEN, "")
-    if proxy_token:
-        c.ConfigurableHTTPProxy.auth_token = proxy_token
     crypt_key = environ.get(ENV_CRYPT_KEY, "")
     if crypt_key:
         # auth_state (the user's Fence tokens) is only stored encrypted.
@@ -183,7 +179,6 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
 
     # --- the portal's launcher API, origin isolation, cookies --------------------------------
     c.Gen3Launcher.enabled = bool(_get(cfg, "portal.enabled", True))
-    c.Gen3Launcher.isolate_servers = bool(_get(cfg, "portal.isolateServers", True))
     host = _get(cfg, "hub.host", "")
     # Behind the commons' TLS-terminating revproxy the hub sees http: public_url makes its
     # cookies Secure anyway. A plain-http commons (a test bed) keeps them usable.

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .local import LocalSettings, find_proxy_command, persistent_secret
+from .local import LocalSettings, find_engine_command, persistent_secret
 
 HUB_CONFIG = """\
 # Written by `gen3-workspace up`; edit the command's options instead.
@@ -97,9 +97,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
         except CatalogueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    proxy = find_proxy_command()
-    if not proxy:
-        print("error: configurable-http-proxy not found; run the set-up (make setup) first.", file=sys.stderr)
+    engine = find_engine_command()
+    if not engine:
+        print("error: nginx (the proxy engine) not found; run the set-up (make setup) first.", file=sys.stderr)
         return 2
     base_url = "/" + args.base_url.strip("/") + "/" if args.base_url.strip("/") else "/"
     dev_groups: dict[str, list[str]] = {}
@@ -111,7 +111,6 @@ def _cmd_up(args: argparse.Namespace) -> int:
         ip=args.ip,
         port=args.port,
         hub_port=free_port(),
-        proxy_api_port=free_port(),
         base_url=base_url,
         commons_url=(args.commons_url or "").rstrip("/"),
         commons_name=args.commons_name,
@@ -123,7 +122,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         no_proxy=args.no_proxy,
         issue_api_key=not args.no_api_key,
         dev_groups=dev_groups,
-        proxy_command=proxy,
+        engine_command=engine,
         launcher_prefix=args.launcher_prefix,
         commons_logo=args.commons_logo,
         debug=args.debug,
@@ -136,7 +135,6 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     env = dict(os.environ)
     env["JUPYTERHUB_CRYPT_KEY"] = persistent_secret(data / "crypt_key")
-    env["CONFIGPROXY_AUTH_TOKEN"] = persistent_secret(data / "proxy_token")
     env["GEN3WS_DATA_DIR"] = str(data)
     hub = subprocess.Popen(
         [sys.executable, "-m", "jupyterhub", "--config", str(config_path)],

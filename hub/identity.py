@@ -100,7 +100,7 @@ class Gen3Identity(LoggingConfigurable):
 
     # --- who is calling ------------------------------------------------------------------
 
-    async def identify(self, handler: BaseHandler | web.RequestHandler) -> tuple[Any, str]:
+    async def identify(self, handler: BaseHandler) -> tuple[Any, str]:
         """The calling hub user and how they were identified ('bearer', 'hub-token', 'cookie' or '').
 
         A bearer token, when present, is authoritative: a bad one is a 401, never a fall-back
@@ -110,8 +110,8 @@ class Gen3Identity(LoggingConfigurable):
         workspace permission, admin) admits it; the user is created or updated with it as their
         auth_state, so their server's API key is minted from it.
 
-        A JupyterHub API token (`Authorization: token ...`) names its owner when it is valid
-        (services' tokens are left to the caller's own scope checks). The session cookie names
+        A JupyterHub API token (`Authorization: token ...`) names its owner under
+        `api_token_user`'s rules, which the gate applies to API tokens too. The session cookie names
         the user of its session row. For both, the login is re-checked with the authenticator
         (`refresh_user`) every `Authenticator.auth_refresh_age` as hub pages do; a login that no
         longer holds (e.g. the workspace permission was removed in Fence) identifies nobody.
@@ -121,8 +121,9 @@ class Gen3Identity(LoggingConfigurable):
         if scheme == "bearer" and value:
             return await self._user_for_bearer(handler, value), "bearer"
         if scheme == "token" and value:
-            user = _user_for_api_token(handler, value)
-            return (await _refreshed(handler, user, token=True) if user else None), "hub-token"
+            owner = await api_token_user(handler)
+            # Services' tokens have no workspace of their own; the gate judges them by scope.
+            return (owner if getattr(owner, "kind", "") == "user" else None), "hub-token"
         user = user_for_session_cookie(handler, self.session_cookie_name)
         if user is not None:
             user = await _refreshed(handler, user)
@@ -192,10 +193,7 @@ class Gen3Identity(LoggingConfigurable):
             state = model.get("auth_state")
             if isinstance(state, dict) and previous.get("refresh_token") and not state.get("refresh_token"):
                 state["refresh_token"] = previous["refresh_token"]
-        if isinstance(handler, BaseHandler):
-            user = await handler.auth_to_user(model)
-        else:
-            user = await _auth_to_user(handler, model)
+        user = await handler.auth_to_user(model)
         # A fresh login: the next auth_refresh_age starts now.
         user._auth_refreshed = time.monotonic()
         exp = claims.get("exp")
@@ -292,52 +290,33 @@ class WorkspaceLogoutMixin:
 # --- JupyterHub API tokens and the re-check of a login --------------------------------------
 
 
-def _user_for_api_token(handler: web.RequestHandler, token: str) -> Any:
-    """The user owning a valid JupyterHub API token (the hub checks expiry), else None."""
-    orm_token = orm.APIToken.find(handler.settings["db"], token)
-    if orm_token is None or orm_token.user is None or orm_token.note == SESSION_NOTE:
-        # A session row is only ever good inside its cookie.
+async def api_token_user(handler: BaseHandler) -> Any:
+    """The owner (user or service) of the JupyterHub API token the request carries, or None.
+
+    The rules every caller of API tokens shares (the launcher API through `identify`, the
+    engine's decision in gate.py, HTTP and WebSocket alike): the hub finds the token
+    (`handler.get_token()`, so expired and revoked ones are gone); a workspace session row is
+    only good inside its cookie; and a user's login is re-checked like a session's.
+    """
+    orm_token = handler.get_token()
+    if orm_token is None or orm_token.note == SESSION_NOTE:
         return None
-    return handler.settings["users"][orm_token.user]
+    owner = handler.get_current_user_token()
+    if getattr(owner, "kind", "") == "user":
+        owner = await _refreshed(handler, owner, token=True)
+    return owner
 
 
-async def _refreshed(handler: Any, user: Any, token: bool = False) -> Any:
+async def _refreshed(handler: BaseHandler, user: Any, token: bool = False) -> Any:
     """`user` once their login is re-checked as hub pages do (`BaseHandler.refresh_auth`), or None."""
-    if isinstance(handler, BaseHandler):
-        handler._jupyterhub_user = user
-        # refresh_auth forces a new login only for cookie logins; here a failed refresh
-        # refuses API tokens too, or a revoked user would keep their server by script.
-        handler._token_authenticated = False
-        try:
-            return await handler.refresh_auth(user)
-        finally:
-            handler._token_authenticated = token
-    # Not a JupyterHub handler (the WebSocket gate): the same steps, without a page to render.
-    authenticator = handler.settings["authenticator"]
-    refresh_age = authenticator.auth_refresh_age
-    now = time.monotonic()
-    if not refresh_age or (user._auth_refreshed and now - user._auth_refreshed < refresh_age):
-        return user
-    info = await authenticator.refresh_user(user, handler)
-    if not info:
-        return None
-    user._auth_refreshed = now
-    if isinstance(info, dict) and info.get("auth_state") is not None:
-        await user.save_auth_state(info["auth_state"])
-    return user
-
-
-async def _auth_to_user(handler: Any, model: dict[str, Any]) -> Any:
-    """BaseHandler.auth_to_user for handlers that are not JupyterHub BaseHandlers (WebSockets)."""
-    users = handler.settings["users"]
-    db = handler.settings["db"]
-    orm_user = orm.User.find(db, model["name"])
-    if orm_user is None:
-        raise web.HTTPError(403, "Open the workspace page of the portal first.")
-    user = users[orm_user]
-    if model.get("auth_state") is not None:
-        await user.save_auth_state(model["auth_state"])
-    return user
+    handler._jupyterhub_user = user
+    # refresh_auth forces a new login only for cookie logins and keeps stale API access; here a
+    # failed re-check refuses API tokens too, or a revoked user would keep their server by script.
+    handler._token_authenticated = False
+    try:
+        return await handler.refresh_auth(user)
+    finally:
+        handler._token_authenticated = token
 
 
 # --- addresses -------------------------------------------------------------------------------

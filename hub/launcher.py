@@ -4,8 +4,8 @@ Why in the hub and not a JupyterHub service: `status` reports the real pod's con
 container states, which only the spawner (KubeSpawner's pod reflector, the local process)
 knows, and `launch` must take exactly the flavor page's spawn path (`spawn_single_user`, the
 spawner's flavor checks, the Fence API key). A service would see neither through the REST API.
-Who the caller is comes from `gen3workspace.hub.identity`; the gate in front of users' servers
-is `gen3workspace.hub.gate`.
+Who the caller is comes from `gen3workspace.hub.identity`; who may reach a user's server is
+decided in `gen3workspace.hub.gate` and carried by the engine, `gen3workspace.hub.engine`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tornado.httpclient import AsyncHTTPClient
 from tornado.routing import Rule
 from traitlets import Bool, Integer, List, Unicode, validate
 
+from gen3workspace.hub.gate import RouteDecisionHandler, UserServerPage
 from gen3workspace.hub.identity import BadAddress, BadAddressHandler, Gen3Identity, SessionHandler, _Gen3Handler, bearer_token
 from gen3workspace.spawner.flavors import Flavor
 
@@ -31,7 +32,7 @@ STATUSES = ("Not Found", "Launching", "Running", "Terminating", "Stopped", "Erro
 
 
 class Gen3Launcher(Gen3Identity):
-    """Settings of the portal launcher API and of the identity gate in front of users' servers."""
+    """Settings of the portal launcher API and of the decision in front of users' servers."""
 
     prefix = Unicode(
         "/lw-workspace/",
@@ -50,15 +51,6 @@ class Gen3Launcher(Gen3Identity):
         return value
 
     enabled = Bool(True, config=True, help="Serve the portal launcher API at `prefix`.")
-    isolate_servers = Bool(
-        True,
-        config=True,
-        help="""Serve users' servers only to their owners. The public proxy gets no route to
-        any user's server; the hub forwards `<base_url>user/<name>/...` (HTTP and WebSocket)
-        only to a caller identified as `<name>`, so one user's server can never run script in
-        another user's browser on the commons' origin. Turning it off restores JupyterHub's
-        shared-origin routing and its risks (see docs/architecture.md).""",
-    )
     csrf_header = Unicode(
         "x-csrf-token",
         config=True,
@@ -103,15 +95,14 @@ class Gen3Launcher(Gen3Identity):
 
     def handlers(self, base_url: str, hub_prefix: str) -> list[Any]:
         """Tornado rules, placed in front of all of JupyterHub's own."""
-        # gate imports this module for Gen3Launcher, so it is loaded here, not at the top.
-        from gen3workspace.hub.gate import UserServerGate, UserServerWebSocket, _WebSocketPath
-
-        # A control character in a path or next= is a 400 wherever it is sent, JupyterHub's pages included.
-        rules: list[Any] = [Rule(BadAddress(), BadAddressHandler)]
-        if self.isolate_servers:
-            user_path = rf"{base_url}user/(?P<name>[^/]+)(?P<rest>/.*)?"
-            rules.append(Rule(_WebSocketPath(user_path), UserServerWebSocket, {"launcher": self}))
-            rules.append((user_path, UserServerGate, {"launcher": self}))
+        rules: list[Any] = [
+            # A control character in a path or next= is a 400 wherever it is sent, JupyterHub's pages included.
+            Rule(BadAddress(), BadAddressHandler),
+            # The engine's auth_request (never reachable through the engine itself).
+            (url_path_join(hub_prefix, "gen3-route"), RouteDecisionHandler, {"launcher": self}),
+            # What the engine hands back when the decision is no: the page, never the server.
+            (rf"{base_url}user/(?P<name>[^/]+)(?P<rest>/.*)?", UserServerPage, {"launcher": self}),
+        ]
         rules.append((url_path_join(hub_prefix, "gen3-session"), SessionHandler, {"launcher": self}))
         if self.enabled:
             p = self.prefix
@@ -409,10 +400,10 @@ class PortalProxyHandler(_Gen3Handler):
 
 
 def configure_portal(c: Any, prefix: str = "", public_url: str = "", samesite: str = "Lax") -> None:
-    """Hub config shared by the chart and the embedded mode: the Gen3 proxy (launcher API,
-    gate), and cookies that are Secure behind TLS and SameSite so a cross-site page cannot
+    """Hub config shared by the chart and the embedded mode: the Gen3 proxy (the nginx engine,
+    the launcher API and the decision in front of users' servers), and cookies that are Secure behind TLS and SameSite so a cross-site page cannot
     ride on them, while the portal's same-site iframe still can."""
-    c.JupyterHub.proxy_class = "gen3workspace.hub.gate.Gen3Proxy"
+    c.JupyterHub.proxy_class = "gen3workspace.hub.engine.Gen3Proxy"
     if prefix:
         c.Gen3Launcher.prefix = prefix
     if public_url:

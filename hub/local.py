@@ -24,7 +24,6 @@ class LocalSettings:
     ip: str = "127.0.0.1"
     port: int = 8000
     hub_port: int = 8081
-    proxy_api_port: int = 8001
     base_url: str = "/"
     commons_url: str = ""
     commons_name: str = ""
@@ -36,7 +35,7 @@ class LocalSettings:
     no_proxy: list[str] = field(default_factory=list)
     issue_api_key: bool = True
     dev_groups: dict[str, list[str]] = field(default_factory=dict)
-    proxy_command: str = ""
+    engine_command: str = ""
     launcher_prefix: str = "/lw-workspace/"
     commons_logo: str = ""
     debug: bool = False
@@ -53,12 +52,12 @@ class LocalSettings:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def find_proxy_command() -> str:
-    """configurable-http-proxy from the project's npm lock, else from PATH."""
-    for candidate in (REPO_ROOT / "node_modules" / ".bin" / "configurable-http-proxy", Path.cwd() / "node_modules" / ".bin" / "configurable-http-proxy"):
-        if candidate.exists():
-            return str(candidate)
-    return shutil.which("configurable-http-proxy") or ""
+def find_engine_command() -> str:
+    """nginx, the public proxy engine (Debian's, which scripts/setup.sh installs, else PATH's)."""
+    for candidate in ("/usr/sbin/nginx",):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return shutil.which("nginx") or ""
 
 
 def persistent_secret(path: Path, nbytes: int = 32) -> str:
@@ -93,10 +92,9 @@ def configure(c: Any, settings: LocalSettings) -> None:
     c.JupyterHub.pid_file = str(data / "jupyterhub.pid")
     c.JupyterHub.cleanup_servers = True
     c.JupyterHub.cleanup_proxy = True
-    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
-    c.ConfigurableHTTPProxy.pid_file = str(data / "proxy.pid")
-    if settings.proxy_command:
-        c.ConfigurableHTTPProxy.command = [settings.proxy_command]
+    c.Gen3Proxy.prefix_dir = str(data / "engine")
+    if settings.engine_command:
+        c.Gen3Proxy.command = settings.engine_command
     if settings.debug:
         c.JupyterHub.log_level = "DEBUG"
         c.Spawner.debug = True

@@ -104,6 +104,7 @@ def _traits(cls: type, own_only: tuple[type, ...]) -> list[str]:
 def settings_reference() -> str:
     from gen3workspace.hub.auth import Gen3OAuthenticator
     from gen3workspace.hub.devauth import DevAuthenticator
+    from gen3workspace.hub.engine import Gen3Proxy
     from gen3workspace.hub.identity import Gen3Identity
     from gen3workspace.hub.launcher import Gen3Launcher
     from gen3workspace.spawner.common import Gen3SpawnerMixin
@@ -127,9 +128,13 @@ def settings_reference() -> str:
         ("Gen3LocalSpawner", Gen3LocalSpawner, (Gen3LocalSpawner,), "The embedded mode's spawner (`gen3-workspace up`)."),
         ("DevAuthenticator", DevAuthenticator, (DevAuthenticator,), "The embedded mode's localhost-only dev login."),
         ("Gen3Launcher", Gen3Launcher, (Gen3Launcher, Gen3Identity),
-         "The data portal's launcher API and the identity gate in front of users' servers, served by the hub when "
-         "`JupyterHub.proxy_class` is `gen3workspace.hub.gate.Gen3Proxy` (the chart and `gen3-workspace up` set it). "
+         "The data portal's launcher API and the decision in front of users' servers, served by the hub when "
+         "`JupyterHub.proxy_class` is `gen3workspace.hub.engine.Gen3Proxy` (the chart and `gen3-workspace up` set it). "
          "See docs/portal.md and docs/architecture.md."),
+        ("Gen3Proxy", Gen3Proxy, (Gen3Proxy,),
+         "`JupyterHub.proxy_class = \"gen3workspace.hub.engine.Gen3Proxy\"`: nginx with auth_request carries users' "
+         "traffic and the hub only decides (docs/architecture.md). With `should_start` (the embedded mode) the hub "
+         "renders helm/gen3-workspace/files/engine.conf and runs nginx; the chart runs it as a Deployment of its own."),
     ]
     lines = [
         "# Settings reference",

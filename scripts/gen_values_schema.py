@@ -100,6 +100,9 @@ DIGEST = r"^sha256:[a-f0-9]{64}$"
 # The squid image's digest, for egressProxy.image.tag. NOT checked against the registry (the
 # machines this chart is built on cannot reach one): the release process replaces it with the
 # digest the registry reports for the tag (docs/operator-guide.md, "Releasing the chart").
+# The nginx image's digest, for proxy.image.tag: NOT checked against the registry either, for
+# the same reason; the release process replaces it the same way.
+NGINX_DIGEST = "sha256:0d0dd4ba1ef5d46ff1e67f4e1ee8e3ad8ea4ec1ae6d5cd00ad6e8a7c6e0e9f43"
 SQUID_DIGEST = "sha256:6a097f68bae708cedbabd6188d68c7e2e7a38cedd05a176e1cc0ba29e3bbe029"
 # Squid port ACL entries: a port or an inclusive range "1025-65535" (first <= last: the chart's template checks).
 PORT_OR_RANGE = {"oneOf": [PORT, {"type": "string", "pattern": grammar.PORT_RANGE}]}
@@ -438,14 +441,21 @@ VALUES = Group(
             },
         ),
         "proxy": Group(
-            "configurable-http-proxy: routes users' browsers to the hub and to their servers.",
+            "The public proxy engine (nginx with auth_request): carries users' traffic to the hub and, when the hub's decision allows it, to their own servers (docs/architecture.md). Stateless, so it scales out.",
             {
                 "image": image(
-                    "quay.io/jupyterhub/configurable-http-proxy",
-                    "5.2.0",
-                    "proxy",
-                    "Image repository of configurable-http-proxy.",
-                    "Image tag of configurable-http-proxy (pinned).",
+                    "nginxinc/nginx-unprivileged",
+                    "1.28.0-alpine",
+                    "proxy engine",
+                    "Image repository of nginx: an unprivileged build (runs as a non-root user on an unprivileged port) with http_auth_request_module.",
+                    "Image tag of nginx (informational: the digest decides what runs).",
+                    digest=NGINX_DIGEST,
+                ),
+                "replicas": Leaf({"type": "integer", "minimum": 1}, 2, "Replicas of the engine. 2 or more with the PodDisruptionBudget keep users connected through node drains; the decision cache is per replica."),
+                "decisionCacheSeconds": Leaf(
+                    {"type": "integer", "minimum": 1, "maximum": 600},
+                    30,
+                    "How long the engine reuses the hub's \"allowed\" answer for the same credentials, server, Origin and Upgrade (denials never). A caller already allowed keeps working through a hub restart this short; a revoked session reaches its own server for at most this long.",
                 ),
                 "service": Group(
                     "The proxy-public Service, where users' traffic enters.",
@@ -455,9 +465,9 @@ VALUES = Group(
                         "annotations": Leaf(STRING_MAP, {}, "Annotations of the Service (e.g. for a cloud load balancer)."),
                     },
                 ),
-                "resources": resources({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}, "proxy"),
+                "resources": resources({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}, "proxy"),
                 **placement("proxy"),
-                "securityContext": security(65534, "proxy"),
+                "securityContext": security(101, "proxy", note=" 101 is the unprivileged nginx image's own user."),
             },
         ),
         "culler": Group(
@@ -592,11 +602,6 @@ VALUES = Group(
                     {"type": "string", "pattern": r"^/([^/\s]+/)+$"},
                     "/lw-workspace/",
                     "Path of the launcher API: the portal's WORKSPACE_URL (default /lw-workspace/). Set hub.baseUrl to the same path and one revproxy location serves everything.",
-                ),
-                "isolateServers": Leaf(
-                    BOOL,
-                    True,
-                    "Serve each user's server only to its owner (the public proxy holds no route to users' servers). Off: JupyterHub's shared-origin routing, where one user's server can run script in another's browser.",
                 ),
                 "cookieSameSite": Leaf(
                     {"enum": ["Lax", "Strict"]},

@@ -32,6 +32,20 @@ ensure_proxy() {
   echo "$want" > "$stamp"
 }
 
+ensure_nginx() {
+  # The public proxy engine (hub/engine.py): nginx with auth_request, in `up` and in the tests.
+  if [ -x /usr/sbin/nginx ]; then return; fi
+  if [ "$(id -u)" != 0 ]; then
+    log "missing Debian package: nginx (run as root, or apt-get install nginx)"; exit 1
+  fi
+  log "installing Debian package: nginx"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null
+  # Its package starts a system service on port 80 we do not want; the hub runs its own.
+  (service nginx stop || true) >/dev/null 2>&1
+  (update-rc.d nginx disable || true) >/dev/null 2>&1
+}
+
 ensure_debian_packages() {
   local missing=()
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
@@ -57,6 +71,7 @@ ensure_debian_packages() {
 
 ensure_python_env
 ensure_proxy
+ensure_nginx
 if [ "$what" = test ]; then
   ensure_debian_packages
   [ -x scripts/get-helm.sh ] && scripts/get-helm.sh >/dev/null

@@ -1,14 +1,17 @@
-"""Origin isolation in Chromium (issue 15): a user's server serves script at paths she controls, and it never runs in another user's browser, neither by link nor inside the portal's iframe.
+"""Origin isolation in Chromium (issues 15, 18): a user's server serves script at paths she controls, and it never runs in another user's browser, neither by link nor inside the portal's iframe; through the proxy engine, embedded and on the Kubernetes test bed.
 
 Mallory's server is hostile (tests/support/evil_server.py answers every path with a page whose
 script reads cookies, calls the hub API, Fence and the launcher as whoever opened it, tries Bob's
 server, and reports to a collector). Mallory opening her own page proves the script runs; Bob
-and a Fence admin opening the same addresses must produce no report at all.
+and a Fence admin opening the same addresses must produce no report at all. Every case runs
+twice: `gen3-workspace up` (nginx started by the hub) and the chart installed on the real
+API server, its engine ConfigMap run by the real nginx, users' servers as pods.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -16,9 +19,15 @@ import requests
 from playwright.sync_api import Browser, expect
 
 from tests.e2e.portal import BASE, Collector, portal_context, rev, wait_portal  # noqa: F401 - rev is a fixture
+import yaml
+
 from tests.support.browser import screenshot_path
+from tests.support.chart_install import chart_configs, chart_engine_config, hub_kubeconfig, install_chart
+from tests.support.charthub import ChartHub
 from tests.support.fence import FenceStandIn
 from tests.support.hub import REPO, Hub
+from tests.support.kube_fixtures import kube_bed  # noqa: F401 - a fixture
+from tests.support.kubelet import KubeletThread
 from tests.support.revproxy import RevProxy
 
 pytestmark = pytest.mark.e2e
@@ -42,14 +51,37 @@ def collector() -> Iterator[Collector]:
     c.stop()
 
 
-@pytest.fixture(scope="module")
-def hub(fence: FenceStandIn, collector: Collector, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+@pytest.fixture(scope="module", params=["embedded", pytest.param("kube", marks=pytest.mark.k8s)])
+def hub(request: pytest.FixtureRequest, fence: FenceStandIn, collector: Collector, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     for name in ("mallory", "bob"):
         fence.add_user(name)
     config = HOSTILE.format(evil=str(REPO / "tests" / "support" / "evil_server.py"), collector=collector.url, base=BASE)
-    h = Hub(tmp_path_factory.mktemp("isolation"), fence=fence, extra_args=["--base-url", BASE], extra_config=config).start()
-    yield h
-    h.stop()
+    tmp = tmp_path_factory.mktemp(f"isolation-{request.param}")
+    if request.param == "embedded":
+        h = Hub(tmp, fence=fence, extra_args=["--base-url", BASE], extra_config=config).start()
+        yield h
+        h.stop()
+        return
+    bed = request.getfixturevalue("kube_bed")
+    ns = f"iso-{uuid.uuid4().hex[:6]}"
+    bed.create_namespace_sync(ns)
+    # One path for the hub and the launcher, as the operator guide suggests.
+    install_chart(bed, ns, values={"commons": {"url": fence.url}, "auth": {"clientId": fence.client_id, "clientSecret": fence.client_secret}, "hub": {"baseUrl": BASE}})
+    chart_config, flavors = chart_configs(bed, ns)
+    # The notebook image installs spawner/singleuser/jupyter_server_config.py (frame ancestors);
+    # the harness runs this venv's server, so point it there.
+    singleuser = str(REPO / "spawner" / "singleuser")
+    kubelet = KubeletThread(
+        bed.kubeconfig, yaml.safe_load(chart_config)["spawner"]["namespace"], state_dir=tmp / "kubelet",
+        env_hook=lambda pod, env: env.__setitem__("JUPYTER_CONFIG_PATH", singleuser),
+    ).start()
+    kubeconfig = hub_kubeconfig(bed, ns, tmp / "hub-kubeconfig")
+    h = ChartHub(tmp, fence, kubeconfig, chart_config, flavors, base_url=BASE, extra_config=config, engine_conf=chart_engine_config(bed, ns)).start()
+    try:
+        yield h
+    finally:
+        h.stop()
+        kubelet.stop()
 
 
 @pytest.fixture(scope="module")
@@ -91,12 +123,13 @@ ADDRESSES = [
 
 def test_mallorys_page_runs_script_for_mallory_only(browser: Browser, hub: Hub, fence: FenceStandIn, rev: RevProxy, collector: Collector, servers: None) -> None:
     # Positive control: the page and its script are real, for the one person who owns them.
+    before = len(collector.reports)
     mallory = portal_context(browser, fence, rev, "mallory")
     page = mallory.new_page()
     try:
         page.goto(f"{rev.url}{BASE}user/mallory/evil")
         expect(page.locator("#evil")).to_be_visible()
-        assert wait_reports(collector, 1, 20), "the hostile page's script did not run even for its owner"
+        assert wait_reports(collector, before + 1, 20), "the hostile page's script did not run even for its owner"
     finally:
         mallory.close()
     own = collector.reports[-1]

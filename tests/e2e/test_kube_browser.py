@@ -12,7 +12,7 @@ import yaml
 from playwright.sync_api import Page, expect
 
 from tests.support.browser import log_in, open_notebook, run_in_notebook, screenshot_path, start_flavor, stop_server
-from tests.support.chart_install import chart_configs, hub_kubeconfig, install_chart
+from tests.support.chart_install import chart_configs, chart_engine_config, hub_kubeconfig, install_chart
 from tests.support.charthub import ChartHub
 from tests.support.fence import FenceStandIn
 from tests.support.kube_fixtures import *  # noqa: F403
@@ -41,7 +41,7 @@ def chart_hub(kube_bed: KubeBed, fence: FenceStandIn, kubelet_thread_factory: An
     kubelet = kubelet_thread_factory(yaml.safe_load(config)["spawner"]["namespace"])
     kubeconfig = hub_kubeconfig(kube_bed, ns, tmp_path / "hub-kubeconfig")
     # The chart runs the hub and the proxy with read-only root file systems: so does this test.
-    hub = ChartHub(tmp_path, fence, kubeconfig, config, flavors, base_url=yaml.safe_load(config)["hub"]["baseUrl"], read_only_root=True).start()
+    hub = ChartHub(tmp_path, fence, kubeconfig, config, flavors, base_url=yaml.safe_load(config)["hub"]["baseUrl"], read_only_root=True, engine_conf=chart_engine_config(kube_bed, ns)).start()
     try:
         yield hub, kubelet
     finally:

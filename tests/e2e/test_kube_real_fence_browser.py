@@ -18,7 +18,7 @@ from kubernetes_asyncio import client as k8s
 from playwright.sync_api import Page, expect
 
 from tests.support.browser import log_in_real_fence, open_notebook, run_in_notebook, start_flavor, stop_server
-from tests.support.chart_install import chart_configs, hub_kubeconfig, install_chart, users_namespace
+from tests.support.chart_install import chart_configs, chart_engine_config, hub_kubeconfig, install_chart, users_namespace
 from tests.support.charthub import ChartHub
 from tests.support.kube_fixtures import *  # noqa: F403
 from tests.support.kubebed import KubeBed
@@ -49,6 +49,7 @@ def chart_hub(kube_bed: KubeBed, real_fence: FenceBed, kubelet_thread_factory: A
     hub.fence = client  # type: ignore[assignment]
     install_chart(kube_bed, ns, values={"commons": {"url": real_fence.url}, "auth": {"clientId": client.client_id, "clientSecret": client.client_secret}})
     hub.config_yaml, hub.flavors_yaml = chart_configs(kube_bed, ns)
+    hub.engine_conf = chart_engine_config(kube_bed, ns)
     assert yaml.safe_load(hub.config_yaml)["hub"]["baseUrl"] == base
     hub.kubeconfig = hub_kubeconfig(kube_bed, ns, tmp_path / "hub-kubeconfig")
     # Users' pods and key Secrets live in the chart's users' namespace.

@@ -15,7 +15,7 @@ import yaml
 from playwright.sync_api import Browser, expect
 
 from tests.e2e.portal import portal_context, portal_state, wait_portal
-from tests.support.chart_install import chart_configs, hub_kubeconfig, install_chart
+from tests.support.chart_install import chart_configs, chart_engine_config, hub_kubeconfig, install_chart
 from tests.support.charthub import ChartHub
 from tests.support.fence import FenceStandIn
 from tests.support.hub import REPO
@@ -43,7 +43,7 @@ def commons_on_kube(kube_bed: KubeBed, fence: FenceStandIn, kubelet_thread_facto
     kubelet = kubelet_thread_factory(yaml.safe_load(config)["spawner"]["namespace"], env_hook=lambda pod, env: env.__setitem__("JUPYTER_CONFIG_PATH", singleuser_config))
     kubeconfig = hub_kubeconfig(kube_bed, ns, tmp_path / "hub-kubeconfig")
     base = yaml.safe_load(config)["hub"]["baseUrl"]
-    hub = ChartHub(tmp_path, fence, kubeconfig, config, flavors, base_url=base).start()
+    hub = ChartHub(tmp_path, fence, kubeconfig, config, flavors, base_url=base, engine_conf=chart_engine_config(kube_bed, ns)).start()
     # The commons' revproxy: Fence, the hub's base URL and the launcher prefix on one origin.
     rev = RevProxy({"/user/": fence.url, base: f"http://127.0.0.1:{hub.port}", PREFIX: f"http://127.0.0.1:{hub.port}"}, workspace_prefix="/").start()
     try:

@@ -447,7 +447,8 @@ def test_hub_egress_is_what_it_talks_to(values: str) -> None:
         assert rule.get("to") and rule.get("ports"), f"egress without a destination or a port: {rule}"
         for peer in rule["to"]:
             if _peer_is(peer, _pod_labels(docs, f"{FULLNAME}-proxy"), NAMESPACE, NAMESPACE):
-                seen.append(("proxy api", _ports(rule)))
+                # The engine has no API: the hub never calls it.
+                seen.append(("proxy", _ports(rule)))
             elif _peer_is(peer, _notebook_labels(docs), user_ns, NAMESPACE):
                 seen.append(("servers", _ports(rule)))
             elif peer.get("podSelector") == dns["podSelector"]:
@@ -456,7 +457,7 @@ def test_hub_egress_is_what_it_talks_to(values: str) -> None:
                 entry = next(e for e in listed if any(_same_peer(peer, want) for want in e["to"]))
                 assert _ports(rule) == _ports(entry)
                 seen.append((entry["name"], _ports(rule)))
-    expected = [("proxy api", [(8001, "TCP")]), ("servers", [("notebook-port", "TCP")]), ("dns", [(53, "TCP"), (53, "UDP")])]
+    expected = [("servers", [("notebook-port", "TCP")]), ("dns", [(53, "TCP"), (53, "UDP")])]
     expected += [(e["name"], _ports(e)) for e in listed]
     assert sorted(map(repr, seen)) == sorted(map(repr, expected))
     if values == "defaults.yaml":
@@ -543,15 +544,17 @@ def _env(pod: Obj) -> dict[str, Obj]:
 def test_hub_secret_generates_keys_and_carries_the_client_secret() -> None:
     docs = render("defaults.yaml")
     data = _secret_data(docs)
-    for key in ("cookie-secret", "crypt-key", "proxy-token"):
+    for key in ("cookie-secret", "crypt-key"):
         assert re.fullmatch(r"[0-9a-f]{64}", data[key]), key
-    assert len({data["cookie-secret"], data["crypt-key"], data["proxy-token"]}) == 3
+    assert len({data["cookie-secret"], data["crypt-key"]}) == 2
+    # The engine has no API and so no token (configurable-http-proxy's is gone).
+    assert "proxy-token" not in data
     assert data["client-secret"] == "not-a-real-secret"
     env = _env(_hub_pod(docs))
-    for name, key in (("GEN3WS_CLIENT_SECRET", "client-secret"), ("GEN3WS_COOKIE_SECRET", "cookie-secret"), ("JUPYTERHUB_CRYPT_KEY", "crypt-key"), ("CONFIGPROXY_AUTH_TOKEN", "proxy-token")):
+    for name, key in (("GEN3WS_CLIENT_SECRET", "client-secret"), ("GEN3WS_COOKIE_SECRET", "cookie-secret"), ("JUPYTERHUB_CRYPT_KEY", "crypt-key")):
         assert env[name]["valueFrom"]["secretKeyRef"] == {"name": f"{FULLNAME}-hub", "key": key}
-    proxy_env = _env(find(docs, "Deployment", f"{FULLNAME}-proxy")["spec"]["template"])
-    assert proxy_env["CONFIGPROXY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": f"{FULLNAME}-hub", "key": "proxy-token"}
+    assert "CONFIGPROXY_AUTH_TOKEN" not in env
+    assert not find(docs, "Deployment", f"{FULLNAME}-proxy")["spec"]["template"]["spec"]["containers"][0].get("env")
     # No secret in the ConfigMap the hub reads.
     config_text = find(docs, "ConfigMap", f"{FULLNAME}-hub-config")["data"]["config.yaml"]
     for value in data.values():
@@ -615,7 +618,9 @@ def test_writable_folders_are_empty_dirs_on_a_read_only_root(values: str) -> Non
         volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
         for c in template["spec"]["containers"]:
             writable = {m["mountPath"]: volumes[m["name"]] for m in c.get("volumeMounts", []) if not m.get("readOnly")}
-            assert "/tmp" in writable and "emptyDir" in writable["/tmp"], name
+            # nginx writes only under its prefix; everything else wants a /tmp.
+            scratch = "/var/run/gen3-engine" if name.endswith("-proxy") else "/tmp"
+            assert scratch in writable and "emptyDir" in writable[scratch], name
             for path, volume in writable.items():
                 assert "emptyDir" in volume or "persistentVolumeClaim" in volume, (name, path)
             if name.endswith("-hub"):
@@ -668,13 +673,11 @@ def test_hub_connects_through_the_rendered_services() -> None:
     docs = render("custom-whitelist.yaml")
     config = hub_config(docs)
     hub_svc = find(docs, "Service", f"{FULLNAME}-hub")
-    api_svc = find(docs, "Service", f"{FULLNAME}-proxy-api")
     assert config["hub"]["connectUrl"] == f"http://{hub_svc['metadata']['name']}.{NAMESPACE}.svc:{hub_svc['spec']['ports'][0]['port']}"
-    assert config["proxy"]["apiUrl"] == f"http://{api_svc['metadata']['name']}.{NAMESPACE}.svc:{api_svc['spec']['ports'][0]['port']}"
     assert config["spawner"]["namespace"] == "workspace-users"
     assert config["spawner"]["noProxy"] == ["fence-service.gen3.svc.cluster.local", "indexd-service"]
-    proxy = find(docs, "Deployment", f"{FULLNAME}-proxy")["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert f"--default-target=http://{hub_svc['metadata']['name']}:8081" in proxy
+    engine = find(docs, "ConfigMap", f"{FULLNAME}-proxy")["data"]["nginx.conf"]
+    assert f"server {hub_svc['metadata']['name']}.{NAMESPACE}.svc:{hub_svc['spec']['ports'][0]['port']};" in engine
 
 
 def test_whitelist_file_is_deduplicated_for_squid() -> None:

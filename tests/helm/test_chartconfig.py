@@ -20,7 +20,6 @@ ENV = {
     "GEN3WS_CLIENT_SECRET": "client-secret-from-secret",
     "GEN3WS_COOKIE_SECRET": COOKIE_HEX,
     "JUPYTERHUB_CRYPT_KEY": "cd" * 32,
-    "CONFIGPROXY_AUTH_TOKEN": "ef" * 32,
 }
 
 
@@ -50,9 +49,9 @@ def test_defaults(tmp_path: Path) -> None:
     assert c.JupyterHub.db_url == "sqlite:////srv/jupyterhub/jupyterhub.sqlite"
     assert c.JupyterHub.cookie_secret == bytes.fromhex(COOKIE_HEX)
     assert c.JupyterHub.tornado_settings["headers"]["Content-Security-Policy"] == "frame-ancestors 'self' https://data.example.org"
-    assert c.ConfigurableHTTPProxy.should_start is False
-    assert c.ConfigurableHTTPProxy.api_url == f"http://{FULLNAME}-proxy-api.{NAMESPACE}.svc:8001"
-    assert c.ConfigurableHTTPProxy.auth_token == ENV["CONFIGPROXY_AUTH_TOKEN"]
+    # The engine (nginx) is a Deployment of its own; the hub starts nothing and has no proxy API.
+    assert c.Gen3Proxy.should_start is False
+    assert "ConfigurableHTTPProxy" not in c
     assert c.CryptKeeper["keys"] == [ENV["JUPYTERHUB_CRYPT_KEY"]]
 
     auth = c.Gen3OAuthenticator
@@ -200,7 +199,7 @@ def test_existing_secret_values_file(tmp_path: Path) -> None:
 
 def test_missing_secrets_leave_traits_unset(tmp_path: Path) -> None:
     c = _apply(tmp_path, env={})
-    for section, trait in (("Gen3OAuthenticator", "client_secret"), ("JupyterHub", "cookie_secret"), ("ConfigurableHTTPProxy", "auth_token"), ("CryptKeeper", "keys")):
+    for section, trait in (("Gen3OAuthenticator", "client_secret"), ("JupyterHub", "cookie_secret"), ("CryptKeeper", "keys")):
         assert trait not in c[section], f"{section}.{trait}"
 
 
@@ -232,15 +231,14 @@ def test_the_traits_set_exist_on_the_classes(tmp_path: Path) -> None:
     from jupyterhub.app import JupyterHub
     from jupyterhub.auth import Authenticator
     from jupyterhub.crypto import CryptKeeper
-    from jupyterhub.proxy import ConfigurableHTTPProxy
-
     from jupyterhub.spawner import Spawner
 
     from gen3workspace.hub.auth import Gen3OAuthenticator
+    from gen3workspace.hub.engine import Gen3Proxy
     from gen3workspace.hub.launcher import Gen3Launcher
     from gen3workspace.spawner.kube import Gen3KubeSpawner
 
-    classes = {"JupyterHub": JupyterHub, "ConfigurableHTTPProxy": ConfigurableHTTPProxy, "CryptKeeper": CryptKeeper, "Gen3OAuthenticator": Gen3OAuthenticator, "Gen3KubeSpawner": Gen3KubeSpawner, "Authenticator": Authenticator, "Gen3Launcher": Gen3Launcher, "Spawner": Spawner}
+    classes = {"JupyterHub": JupyterHub, "Gen3Proxy": Gen3Proxy, "CryptKeeper": CryptKeeper, "Gen3OAuthenticator": Gen3OAuthenticator, "Gen3KubeSpawner": Gen3KubeSpawner, "Authenticator": Authenticator, "Gen3Launcher": Gen3Launcher, "Spawner": Spawner}
     c = _apply(tmp_path, overrides={"auth": {"logoutRedirectUrl": "https://x.example.org/"}, "commons": {"name": "X"}})
     for section, cls in classes.items():
         missing = [t for t in c[section] if not cls.class_traits(config=True).get(t)]
@@ -264,14 +262,14 @@ def test_every_setting_the_chart_makes_is_a_real_trait(tmp_path: Path) -> None:
 
     from gen3workspace.hub.launcher import Gen3Launcher
     from jupyterhub.crypto import CryptKeeper
-    from jupyterhub.proxy import ConfigurableHTTPProxy
 
     from gen3workspace.hub.auth import Gen3OAuthenticator
+    from gen3workspace.hub.engine import Gen3Proxy
     from gen3workspace.spawner.kube import Gen3KubeSpawner
 
     classes = {
         "JupyterHub": JupyterHub,
-        "ConfigurableHTTPProxy": ConfigurableHTTPProxy,
+        "Gen3Proxy": Gen3Proxy,
         "CryptKeeper": CryptKeeper,
         "Gen3OAuthenticator": Gen3OAuthenticator,
         "Authenticator": Gen3OAuthenticator,
@@ -291,8 +289,8 @@ def test_every_setting_the_chart_makes_is_a_real_trait(tmp_path: Path) -> None:
 
 def test_portal_launcher_isolation_and_cookies(tmp_path: Path) -> None:
     c = _apply(tmp_path, overrides={"commons": {"url": "https://data.example.org"}, "portal": {"prefix": "/lw-workspace/", "cookieSameSite": "Strict"}})
-    assert c.JupyterHub.proxy_class == "gen3workspace.hub.gate.Gen3Proxy"
-    assert c.Gen3Launcher.prefix == "/lw-workspace/" and c.Gen3Launcher.isolate_servers is True
+    assert c.JupyterHub.proxy_class == "gen3workspace.hub.engine.Gen3Proxy"
+    assert c.Gen3Launcher.prefix == "/lw-workspace/"
     assert c.JupyterHub.public_url == "https://data.example.org/workspace/"
     assert c.JupyterHub.tornado_settings["cookie_options"] == {"samesite": "Strict"}
     assert c.Spawner.environment["GEN3_FRAME_ANCESTORS"] == "'self'"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.chart_install import chart_configs, hub_kubeconfig, install_chart, users_namespace
+from tests.support.chart_install import chart_configs, chart_engine_config, hub_kubeconfig, install_chart, users_namespace
 from tests.support.charthub import ChartHub
 from tests.support.fence import FenceStandIn
 from tests.support.kube_fixtures import *  # noqa: F403
@@ -58,6 +58,7 @@ def hub(kube_bed: KubeBed, fence: FenceStandIn, postgres: Postgres, kubelet_thre
         extra_config="c.JupyterHub.cleanup_servers = False\n",
         # What the chart's hub Secret gives the hub for hub.db.password.
         extra_env={"GEN3WS_DB_PASSWORD": postgres.password},
+        engine_conf=chart_engine_config(kube_bed, ns),
     ).start()
     try:
         yield h

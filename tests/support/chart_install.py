@@ -31,6 +31,7 @@ DEFAULT_VALUES = VALUES_DIR / "defaults.yaml"
 __all__ = [
     "deep_merge",
     "fullname",
+    "chart_engine_config",
     "generated_secret_values",
     "hub_kubeconfig",
     "hub_service_account",
@@ -156,3 +157,8 @@ def chart_configs(bed: KubeBed, namespace: str, release: str = DEFAULT_RELEASE) 
     config = read_configmap(bed, namespace, f"{fullname(release)}-hub-config")["config.yaml"]
     flavors = read_configmap(bed, namespace, f"{fullname(release)}-flavors")["flavors.yaml"]
     return config, flavors
+
+
+def chart_engine_config(bed: KubeBed, namespace: str, release: str = DEFAULT_RELEASE) -> str:
+    """The installed chart's engine nginx.conf (the proxy ConfigMap), as the proxy pods mount it."""
+    return read_configmap(bed, namespace, f"{fullname(release)}-proxy")["nginx.conf"]

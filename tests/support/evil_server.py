@@ -49,9 +49,27 @@ class Handler(BaseHTTPRequestHandler):
         ).encode()
 
     def do_GET(self) -> None:
-        body = self._page()
+        if self.path.split("?")[0].endswith("/echo-headers"):
+            # What reached the server: the engine's forwarding rules, seen from behind it.
+            self._send(json.dumps({k.lower(): v for k, v in self.headers.items()}).encode(), "application/json")
+            return
+        if "/bytes/" in self.path:
+            # A download of N bytes, streamed, so the size cannot come from a buffer anywhere.
+            size = int(self.path.split("/bytes/", 1)[1].split("?")[0])
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            chunk = b"\x00" * (1 << 20)
+            while size > 0:
+                self.wfile.write(chunk[: min(size, len(chunk))])
+                size -= len(chunk)
+            return
+        self._send(self._page(), "text/html; charset=utf-8")
+
+    def _send(self, body: bytes, content_type: str) -> None:
         self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -62,9 +80,22 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+class CountingServer(ThreadingHTTPServer):
+    """Appends a line to GEN3_TEST_CONNECTIONS per accepted connection: a test can tell
+    whether anything ever dialed this server."""
+
+    def get_request(self):  # type: ignore[no-untyped-def]
+        conn = super().get_request()
+        path = os.environ.get("GEN3_TEST_CONNECTIONS")
+        if path:
+            with open(path, "a") as f:
+                f.write("connection\n")
+        return conn
+
+
 def main() -> None:
     bind = urlparse(os.environ["JUPYTERHUB_SERVICE_URL"])
-    ThreadingHTTPServer((bind.hostname or "127.0.0.1", bind.port or 8888), Handler).serve_forever()
+    CountingServer((bind.hostname or "127.0.0.1", bind.port or 8888), Handler).serve_forever()
 
 
 if __name__ == "__main__":

@@ -95,7 +95,6 @@ Python's ipaddress.is_global.
 {{- end -}}
 
 {{- define "gen3ws.hubService" -}}{{ include "gen3ws.fullname" . }}-hub{{- end -}}
-{{- define "gen3ws.proxyApiService" -}}{{ include "gen3ws.fullname" . }}-proxy-api{{- end -}}
 {{- define "gen3ws.proxyPublicService" -}}{{ include "gen3ws.fullname" . }}-proxy-public{{- end -}}
 {{- define "gen3ws.egressService" -}}{{ include "gen3ws.fullname" . }}-egress{{- end -}}
 {{- define "gen3ws.hubSecret" -}}{{ include "gen3ws.fullname" . }}-hub{{- end -}}
@@ -326,4 +325,29 @@ drops entries from) a list where one entry is covered by another, e.g. "github.c
 {{- if not $covered -}}{{- $kept = append $kept $e -}}{{- end -}}
 {{- end -}}
 {{- join "\n" (sortAlpha $kept) -}}
+{{- end -}}
+
+{{- define "gen3ws.engineImage" -}}
+{{- $i := .Values.proxy.image -}}
+{{- printf "%s:%s@%s" $i.repository $i.tag $i.digest -}}
+{{- end -}}
+
+{{/*
+The engine's nginx.conf: files/engine.conf, the same file `gen3-workspace up` renders
+(gen3workspace.hub.engine.render), with the same placeholders filled. Forwarding headers say
+https and the public host when the commons is https, as the hub's public_url does
+(gen3workspace.hub.chartconfig).
+*/}}
+{{- define "gen3ws.engineConf" -}}
+{{- $https := hasPrefix "https://" (include "gen3ws.commonsUrl" .) -}}
+{{- .Files.Get "files/engine.conf"
+  | replace "@USER_DIRECTIVE@" ""
+  | replace "@ACCESS_LOG@" "/dev/stdout gen3"
+  | replace "@HUB_PREFIX@" (printf "%shub/" .Values.hub.baseUrl)
+  | replace "@BASE_URL@" .Values.hub.baseUrl
+  | replace "@HUB@" (printf "%s.%s.svc:8081" (include "gen3ws.hubService" .) .Release.Namespace)
+  | replace "@LISTEN@" "8080"
+  | replace "@FORWARDED_PROTO@" (ternary "https" "$scheme" $https)
+  | replace "@FORWARDED_HOST@" (ternary (include "gen3ws.hubHost" .) "$http_host" $https)
+  | replace "@DECISION_CACHE_SECONDS@" (toString (int .Values.proxy.decisionCacheSeconds)) -}}
 {{- end -}}

@@ -12,7 +12,6 @@
     "db" (dict "type" .Values.hub.db.type "url" .Values.hub.db.url "sqlitePath" "/srv/jupyterhub/jupyterhub.sqlite")
     "config" .Values.hub.config
     "extraConfig" .Values.hub.extraConfig)
-  "proxy" (dict "apiUrl" (printf "http://%s.%s.svc:8001" (include "gen3ws.proxyApiService" .) .Release.Namespace))
   "auth" (dict
     "clientId" .Values.auth.clientId
     "callbackUrl" (include "gen3ws.callbackUrl" .)
