@@ -25,6 +25,7 @@ from gen3workspace.hub.fenceanswers import jwt_claims
 # row in the hub database, the session survives a hub restart. It has no scopes: the cookie
 # only names its user here, it is never a key to the hub's API.
 SESSION_NOTE = "Workspace browser session (gen3ws-session cookie)"
+MAX_SESSIONS = 50  # per user; beyond it the oldest session ends
 # Query parameters that are credentials: never carried into a `next=` URL (where the access log,
 # the browser history and the Referer header would keep them).
 SECRET_PARAMS = frozenset({"token", "_xsrf", "access_token", "code", "state"})
@@ -252,6 +253,14 @@ def start_workspace_session(handler: BaseHandler, user: Any) -> None:
     if current is None or current.user_id != user.orm_user.id or current.session_id != session_id:
         days = handler.settings.get("cookie_max_age_days") or 14
         value = orm.APIToken.new(user=user.orm_user, scopes=[], note=SESSION_NOTE, session_id=session_id, expires_in=int(days * 86400))
+        # A client that drops cookies (a script calling proxy/ with a bearer) would add a row per
+        # call: keep the newest few per user, the others' browsers log in again.
+        db = handler.settings["db"]
+        rows = db.query(orm.APIToken).filter_by(user_id=user.orm_user.id, note=SESSION_NOTE).order_by(orm.APIToken.created.desc(), orm.APIToken.id.desc()).offset(MAX_SESSIONS).all()
+        for row in rows:
+            db.delete(row)
+        if rows:
+            db.commit()
     handler._set_cookie(launcher.session_cookie_name, value, encrypted=True, path=cookie_path(handler.base_url, launcher.prefix))
 
 

@@ -263,3 +263,12 @@ def test_dev_login_sets_the_session_for_the_launcher(tmp_path: Path) -> None:
         assert status_code(h, with_cookie(copy)) == 401
     finally:
         h.stop()
+
+
+def test_a_client_that_drops_cookies_does_not_pile_up_sessions(hub: Hub, fence: FenceStandIn) -> None:
+    token = fence.mint_access_token("frank")
+    for _ in range(55):
+        r = bearer(token).get(hub.url + LW + "proxy/", allow_redirects=False, timeout=30)
+        assert r.status_code == 404  # no server running; the bearer login and its session are made
+    rows = [t for t in hub.api("GET", "users/frank/tokens").json()["api_tokens"] if "gen3ws-session" in (t.get("note") or "")]
+    assert 0 < len(rows) <= 50, len(rows)
