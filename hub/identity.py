@@ -22,8 +22,9 @@ from gen3workspace.hub.fenceanswers import jwt_claims
 # The note of the hub API token row behind each `gen3ws-session` cookie. The row carries the
 # browser's JupyterHub session id, so JupyterHub's own logout (`clear_login_cookie` deletes the
 # tokens of the session it ends) ends this cookie too, and a copy of it stops working; being a
-# row in the hub database, the session survives a hub restart. It has no scopes: the cookie
-# only names its user here, it is never a key to the hub's API.
+# row in the hub database, the session survives a hub restart. It gets no scopes of its own
+# (only the name-and-groups reading JupyterHub gives every token): the cookie names its user
+# here, it is never a key to the hub's API.
 SESSION_NOTE = "Workspace browser session (gen3ws-session cookie)"
 MAX_SESSIONS = 50  # per user; beyond it the oldest session ends
 # Query parameters that are credentials: never carried into a `next=` URL (where the access log,
@@ -408,13 +409,6 @@ def cookie_path(base_url: str, prefix: str) -> str:
             break
         common.append(a)
     return "/" + "/".join(c for c in common if c) + ("/" if any(common) else "")
-
-
-
-def hub_api_token(request: httputil.HTTPServerRequest) -> bool:
-    """Whether the request carries a JupyterHub API token (scheme `token`; `bearer` is the portal's Fence token)."""
-    return request.headers.get("Authorization", "").strip().lower().startswith("token ")
-
 
 
 class _Gen3Handler(BaseHandler):
