@@ -25,7 +25,7 @@ LW = "lw-workspace/"
 
 @pytest.fixture(scope="module")
 def hub(fence: FenceStandIn, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    for name in ("carol", "dave", "erin", "frank", "eve", "gina"):
+    for name in ("carol", "dave", "erin", "frank", "eve", "gina", "hank"):
         fence.add_user(name)
     # A username rule of the hub's own login: eve holds the workspace permission in Fence but
     # may not log in here, so no bearer may log her in either.
@@ -232,6 +232,25 @@ def test_jupyterhub_api_tokens_act_with_their_own_scopes_on_the_launcher(hub: Hu
     assert r.status_code == 404 and "no workspace" in r.json()["error"], r.text  # past the scope check
     assert hub.api("DELETE", f"users/carol/tokens/{made.json()['id']}").status_code == 204
     assert reader.get(hub.url + LW + "status", timeout=30).status_code == 401
+
+
+def test_an_api_token_follows_its_owners_login_at_the_launcher_and_the_engine(hub: Hub, fence: FenceStandIn) -> None:
+    hub.login("hank")
+    made = hub.api("POST", "users/hank/tokens", json={"note": "a script"})
+    assert made.status_code == 201, made.text
+    script = requests.Session()
+    script.headers["Authorization"] = f"token {made.json()['token']}"
+    r = script.get(hub.url + "user/hank/api/status", allow_redirects=False, timeout=30)
+    assert r.status_code == 302 and "/hub/user/hank/" in r.headers["Location"], (r.status_code, r.text[:200])  # not running: offered a start
+    saved = fence.users["hank"].authz
+    fence.users["hank"].authz = {}
+    try:
+        time.sleep(1.5)  # auth_refresh_age
+        r = script.get(hub.url + "user/hank/api/status", allow_redirects=False, timeout=30)
+        assert r.status_code == 403 and "not valid" in r.text, (r.status_code, r.text[:200])
+        assert script.get(hub.url + LW + "status", timeout=30).status_code == 401
+    finally:
+        fence.users["hank"].authz = saved
 
 
 def test_the_session_row_is_no_api_token(hub: Hub) -> None:
