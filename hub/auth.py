@@ -15,7 +15,7 @@ from traitlets import Bool, Dict, Integer, TraitError, Unicode, default, validat
 from gen3workspace.hub import fenceanswers, logscrub
 from gen3workspace.hub.fenceanswers import FenceAnswerError, jwt_claims
 from gen3workspace.hub.identity import FenceBearer, WorkspaceLoginMixin, WorkspaceLogoutMixin
-from gen3workspace.hub.pages import leave_frame
+from gen3workspace.hub.pages import WorkspaceRefused, leave_frame
 from gen3workspace.spawner.common import FENCE_MAX_CLIENTS
 from gen3workspace.spawner.flavors import has_permission
 from gen3workspace.spawner.grammar import GrammarError, check_url_base
@@ -130,7 +130,7 @@ class Gen3OAuthenticator(GenericOAuthenticator):
         Set False for a commons without such a policy; then the usual OAuthenticator allow
         settings decide (`allow_all`, `allowed_users`, `allowed_groups`).
         """,
-    )
+    ).tag(allow_config=True)  # it gates every login: JupyterHub's "No allow config" warning is wrong then
     admin_from_fence = Bool(
         True,
         config=True,
@@ -319,8 +319,8 @@ class Gen3OAuthenticator(GenericOAuthenticator):
             return True
         self.log.warning("Refusing %s: no %s in Fence authz", username, self.required_permission())
         # Raised rather than returned so the 403 page names what is missing.
-        raise web.HTTPError(
-            403,
+        raise WorkspaceRefused(
+            username,
             f"Your account {username} is not allowed to use the Workspace: it needs the "
             f"{self.required_permission()} in the commons' authorization policy. "
             "Ask the commons administrators to grant it, then log in again.",

@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .local import LocalSettings, find_engine_command, persistent_secret
+from .local import LocalSettings, engine_running, find_engine_command, persistent_secret
 
 HUB_CONFIG = """\
 # Written by `gen3-workspace up`; edit the command's options instead.
@@ -66,6 +66,32 @@ def _commons_url(value: str) -> str:
         raise argparse.ArgumentTypeError(str(e).removeprefix("--commons-url: ")) from None
 
 
+def _own_group_dying_with_parent() -> None:
+    """In the hub's child before exec: a process group of its own, and SIGTERM if we die."""
+    os.setpgid(0, 0)
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: only a killed `up` (not Ctrl-C) could leave the hub running
+
+
+def banner(settings: LocalSettings, data: Path) -> str:
+    """What the operator is told once the hub answers: where to go, how login works, what to register."""
+    lines = [f"Gen3 Workspace is running: open {settings.public_url}"]
+    if settings.fence_login:
+        lines.append(f"  login: Fence login via {settings.commons_url}")
+        lines.append(f"  Fence client {settings.client_id} must have this redirect URL registered: {settings.oauth_callback_url}")
+    else:
+        lines.append("  login: DEV LOGIN (any username, localhost only); no commons is connected (--commons-url and --client-id connect one)")
+    if settings.base_url != "/" and settings.launcher_prefix == settings.base_url:
+        lines.append(f"  portal launcher API: {settings.public_url}options, status, launch, proxy/")
+    lines += [f"  data:  {data}", "  stop:  Ctrl-C"]
+    return "\n" + "\n".join(lines) + "\n"
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     data = Path(args.data_dir).absolute()
     data.mkdir(parents=True, exist_ok=True)
@@ -85,7 +111,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if not port_free(args.ip, args.port):
+    if not port_free(args.ip, args.port) and not engine_running(data):
         print(f"error: port {args.port} on {args.ip} is in use; pick another with --port.", file=sys.stderr)
         return 2
     if args.flavors:
@@ -136,34 +162,52 @@ def _cmd_up(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env["JUPYTERHUB_CRYPT_KEY"] = persistent_secret(data / "crypt_key")
     env["GEN3WS_DATA_DIR"] = str(data)
+    url = settings.public_url
+    hub: subprocess.Popen[bytes] | None = None
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        # JupyterHub stops the proxy and every user server when it gets SIGINT/SIGTERM.
+        nonlocal stopping
+        if hub is not None and hub.poll() is not None:
+            return
+        if stopping:
+            print("Still stopping the users' servers and the proxy; this takes a few seconds.", file=sys.stderr, flush=True)
+            return
+        stopping = True
+        print("\nStopping Gen3 Workspace (users' servers, proxy, hub)...", file=sys.stderr, flush=True)
+        if hub is not None:
+            hub.send_signal(signal.SIGTERM)
+
+    # Before the hub starts, so a Ctrl-C while it starts is a stop, not a traceback.
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    # The hub runs in a process group of its own, so a terminal's Ctrl-C (sent to the whole
+    # foreground group) reaches it once, through forward(), not twice: a second signal starts
+    # a second shutdown that races the first (a second SIGINT to each user's server, "Failed
+    # to stop user", tasks destroyed while pending). It dies with this process if we are killed.
     hub = subprocess.Popen(
         [sys.executable, "-m", "jupyterhub", "--config", str(config_path)],
         cwd=str(data),
         env=env,
+        preexec_fn=_own_group_dying_with_parent,
     )
-    host = "127.0.0.1" if args.ip in ("0.0.0.0", "") else args.ip
-    url = f"http://{host}:{args.port}{base_url}"
-
-    def forward(signum: int, _frame: object) -> None:
-        # JupyterHub stops the proxy and every user server when it gets SIGINT/SIGTERM.
-        if hub.poll() is None:
-            hub.send_signal(signum)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
+    if stopping:
+        hub.send_signal(signal.SIGTERM)
     announced = False
     while hub.poll() is None:
-        if not announced:
+        if not announced and not stopping:
             try:
                 with urllib.request.urlopen(f"{url}hub/health", timeout=2) as r:
                     announced = r.status == 200
             except (urllib.error.URLError, OSError):
                 pass
             if announced:
-                mode = "Fence login via " + settings.commons_url if fence else "DEV LOGIN (any username, localhost only)"
-                print(f"\nGen3 Workspace is running: open {url}\n  login: {mode}\n  data:  {data}\n  stop:  Ctrl-C\n", flush=True)
+                print(banner(settings, data), flush=True)
                 continue
         time.sleep(0.5)
+    if stopping:
+        print("Gen3 Workspace stopped.", file=sys.stderr, flush=True)
     return hub.returncode if hub.returncode >= 0 else 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from typing import Any
 
 from jupyterhub.auth import Authenticator
@@ -15,6 +16,23 @@ from gen3workspace.hub.identity import WorkspaceLoginMixin, WorkspaceLogoutMixin
 from gen3workspace.hub.pages import leave_frame
 
 BANNER = "DEV LOGIN — no Fence, no password, localhost only. Never expose this hub."
+
+
+USERNAME_RULE = "letters of any language, digits and . _ @ + -, up to 64 characters"
+
+
+def dev_username(typed: str) -> str:
+    """The typed name as the dev login's username (Unicode NFC, so one name typed two ways is one user).
+
+    Letters of every script are accepted: JupyterHub lowercases names, and the spawners make
+    folder and Kubernetes names from any name. A name outside the rule is refused with the rule,
+    shown on the login form (JupyterHub puts a login's HTTP error there).
+    """
+    name = unicodedata.normalize("NFC", typed or "").strip()
+    if not re.fullmatch(r"[\w.@+-]{1,64}", name) or set(name) == {"."}:
+        shown = f"“{name[:40]}” is not" if name else "An empty name is not"
+        raise web.HTTPError(400, f"{shown} a dev login username: use {USERNAME_RULE} (no spaces, no slashes).")
+    return name
 
 
 def _loopback(address: str) -> bool:
@@ -87,9 +105,7 @@ class DevAuthenticator(Authenticator):
             remote = handler.request.remote_ip
             self.log.warning("Dev login refused for a request from %s", remote)
             raise web.HTTPError(403, "The dev login only accepts logins from this machine.")
-        name = (data or {}).get("username", "").strip()
-        if not name or not re.fullmatch(r"[\w.@+-]{1,64}", name):
-            return None
+        name = dev_username((data or {}).get("username", ""))
         groups = set(self.dev_groups.get("*", [])) | set(self.dev_groups.get(name, []))
         return {"name": name, "groups": sorted(groups)}
 

@@ -5,7 +5,7 @@ decision (`gen3workspace.hub.gate.RouteDecisionHandler`), which names the upstre
 everything else to the hub. So `add_route`/`delete_route` only keep JupyterHub's view of the
 table. In the embedded mode (`should_start`) this class renders the config and runs nginx;
 in the chart nginx is a Deployment of its own, rendered from the same file
-(helm/gen3-workspace/files/engine.conf).
+(hub/engine.conf, which the chart reads through its link files/engine.conf).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ PLACEHOLDERS = (
     "FORWARDED_PROTO",
     "FORWARDED_HOST",
     "DECISION_CACHE_SECONDS",
+    "GENERATION",
 )
 
 
@@ -46,9 +48,10 @@ def render(
     base_url: str,
     hub_prefix: str,
     public_url: str = "",
-    decision_cache_seconds: int = 30,
+    decision_cache_seconds: int = 2,
     access_log: bool = False,
     user: str = "",
+    generation: str = "chart",
 ) -> str:
     """The engine's nginx.conf from the one template. `public_url`: the commons' address users see
     (X-Forwarded-Proto/Host come from it, so servers' cookies are Secure behind TLS)."""
@@ -63,6 +66,7 @@ def render(
         "FORWARDED_PROTO": public.scheme if public and public.scheme else "$scheme",
         "FORWARDED_HOST": public.netloc if public and public.netloc else "$http_host",
         "DECISION_CACHE_SECONDS": str(int(decision_cache_seconds)),
+        "GENERATION": generation,
     }
     text = TEMPLATE.read_text()
     for name in PLACEHOLDERS:
@@ -83,19 +87,22 @@ class Gen3Proxy(Proxy):
     """
 
     decision_cache_seconds = Integer(
-        30,
+        2,
         config=True,
-        help="""How long the engine reuses the hub's "allowed" answer for the same caller
-        credentials, target server, Origin and Upgrade (denials are never reused). Within this
-        time a caller already allowed keeps working while the hub restarts; a revoked session
-        or token still reaches its own server for at most this long.""",
+        help="""How long the engine reuses the hub's "allowed" answer (caller credentials,
+        target server, Origin and Upgrade the same; denials are never reused) without asking
+        again. The answer names the server's address, which changes when the server restarts
+        and may then belong to another user's new server: keep this short. While the hub
+        cannot answer (a restart), allowed answers up to 10 minutes old keep serving, since
+        no server can start or move without the hub. The embedded engine's; in the chart it
+        is `proxy.decisionCacheSeconds`.""",
     )
 
     @validate("decision_cache_seconds")
     def _check_cache_seconds(self, proposal: Any) -> int:
         value = int(proposal.value)
-        if not 1 <= value <= 600:
-            raise ValueError(f"Gen3Proxy.decision_cache_seconds must be between 1 and 600 seconds, not {value}")
+        if not 1 <= value <= 60:
+            raise ValueError(f"Gen3Proxy.decision_cache_seconds must be between 1 and 60 seconds, not {value}")
         return value
 
     command = Unicode(
@@ -126,6 +133,7 @@ class Gen3Proxy(Proxy):
         super().__init__(**kwargs)
         self._routes: dict[str, dict[str, Any]] = {}
         self._process: subprocess.Popen[bytes] | None = None
+        self._generation = 0
 
     # --- the hub's handlers -----------------------------------------------------------
 
@@ -151,10 +159,25 @@ class Gen3Proxy(Proxy):
     # --- JupyterHub's route table (nginx needs none) ---------------------------------
 
     async def add_route(self, routespec: str, target: str, data: dict[str, Any]) -> None:
+        known = self._routes.get(routespec)
         self._routes[routespec] = {"routespec": routespec, "target": target, "data": dict(data)}
+        if known is None or known["target"] != target:
+            self._forget_decisions()
 
     async def delete_route(self, routespec: str) -> None:
-        self._routes.pop(routespec, None)
+        if self._routes.pop(routespec, None) is not None:
+            self._forget_decisions()
+
+    def _forget_decisions(self) -> None:
+        """A server started, moved or stopped: its old address may soon be another user's
+        server, so the embedded engine stops reusing any answer from before (a new cache-key
+        generation, loaded by a graceful reload; open connections are kept). JupyterHub removes
+        a route before it stops the server, so this happens before the address is freed."""
+        self._generation += 1
+        pid = self._running_pid() if self.should_start else None
+        if pid:
+            self._paths()[1].write_text(self.config_text())
+            os.kill(pid, signal.SIGHUP)
 
     async def get_all_routes(self) -> dict[str, Any]:
         self.install_handlers()
@@ -177,6 +200,7 @@ class Gen3Proxy(Proxy):
             decision_cache_seconds=self.decision_cache_seconds,
             access_log=app.log_level <= 10 if isinstance(app.log_level, int) else False,
             user=self._worker_user(),
+            generation=f"{os.getpid()}-{self._generation}",
         )
 
     def _worker_user(self) -> str:
@@ -216,13 +240,9 @@ class Gen3Proxy(Proxy):
                         os.chown(p, uid, gid)
 
     def _running_pid(self) -> int | None:
-        _, _, pid_file = self._paths()
-        try:
-            pid = int(pid_file.read_text().strip())
-            os.kill(pid, 0)
-        except (OSError, ValueError):
-            return None
-        return pid
+        from gen3workspace.hub.local import engine_pid
+
+        return engine_pid(Path(self.prefix_dir))
 
     def _nginx(self, *args: str) -> list[str]:
         prefix, conf, _ = self._paths()
@@ -245,7 +265,8 @@ class Gen3Proxy(Proxy):
         self.log.info("Starting the engine (nginx) at %s", self.public_url)
         # Its own session: a Ctrl-C to the hub must not cut users' connections before the
         # hub decides to stop it.
-        self._process = subprocess.Popen(self._nginx(), start_new_session=True)
+        self._process = subprocess.Popen(self._nginx(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        threading.Thread(target=self._relay_log, args=(self._process.stdout,), daemon=True, name="engine-log").start()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -254,6 +275,17 @@ class Gen3Proxy(Proxy):
                 return
             await asyncio.sleep(0.1)
         raise RuntimeError("the engine (nginx) did not write its pid file in 20 s")
+
+    def _relay_log(self, stream: Any) -> None:
+        """nginx's error (and, with --debug, access) log into the hub's log, scrubbed: its error
+        lines quote the request line, `?token=` included. If the hub goes first, nginx's
+        writes fail quietly (it ignores SIGPIPE) and it keeps serving."""
+        from gen3workspace.hub.logscrub import scrub
+
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                self.log.info("engine: %s", scrub(line))
 
     async def stop(self) -> None:
         pid = self._running_pid()

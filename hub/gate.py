@@ -19,6 +19,7 @@ from jupyterhub.utils import url_path_join
 from tornado import web
 
 from gen3workspace.hub.identity import _Gen3Handler, api_token_user
+from gen3workspace.hub.pages import error_page
 
 
 def forwardable_cookies(header: str, drop: set[str]) -> str:
@@ -38,7 +39,7 @@ def forwardable_cookies(header: str, drop: set[str]) -> str:
 def target_of(uri: str, base_url: str) -> tuple[str, str] | None:
     """(user segment, next segment) of `<base>user/<user>/<next>...` exactly as the client wrote them.
 
-    The same split as the engine's `$gen3_target` map (helm/gen3-workspace/files/engine.conf),
+    The same split as the engine's `$gen3_target` map (hub/engine.conf),
     which is part of its cache key: an allowed answer is reused only for the same two segments.
     """
     path = uri.split("?", 1)[0]
@@ -239,13 +240,4 @@ class UserServerPage(_DecidingHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = getattr(exc, "log_message", None) or self._reason
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(
-            "<!doctype html><meta charset=utf-8><title>Workspace</title>"
-            f"<p id='gen3-gate-error'>{_html(message)}</p>"
-        )
-
-
-def _html(text: str) -> str:
-    import html
-
-    return html.escape(str(text))
+        self.finish(error_page(self, status_code, message, exc))

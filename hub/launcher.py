@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 from jupyterhub.utils import url_path_join
@@ -175,6 +177,9 @@ class Gen3Launcher(Gen3Identity):
             out["status"] = "Running"
             out["idleTimeLimit"] = self.idle_limit_ms(flavor)
             out["lastActivityTime"] = _epoch_ms(spawner.orm_spawner.last_activity or user.orm_user.last_activity)
+            # Hatchery leaves them empty once Running; clients other than the portal (and an
+            # operator with curl) want the pod's real state then too.
+            out.update(await self._launch_details(spawner, running=True))
             return out
         failure = _spawn_failure(spawner)
         if failure is not None:
@@ -182,8 +187,12 @@ class Gen3Launcher(Gen3Identity):
             out["message"] = getattr(failure, "jupyterhub_message", None) or getattr(failure, "log_message", None) or str(failure) or type(failure).__name__
         return out
 
-    async def _launch_details(self, spawner: Any, exit_status: Any = None) -> dict[str, Any]:
-        """`conditions` and `containerStates`: the pod's own (Kubernetes), or the process's (embedded)."""
+    async def _launch_details(self, spawner: Any, exit_status: Any = None, running: bool = False) -> dict[str, Any]:
+        """`conditions` and `containerStates`: the pod's own (Kubernetes), or the process's (embedded).
+
+        `running`: the hub has seen the server answer, so a local process is Ready like a pod
+        whose readiness probe passed.
+        """
         if hasattr(spawner, "pod_reflector"):
             pod = _pod(spawner) or {}
             status = pod.get("status") or {}
@@ -197,21 +206,24 @@ class Gen3Launcher(Gen3Identity):
                 conditions = [{"type": "PodScheduled", "status": "False"}]
             return {"conditions": conditions, "containerStates": states}
         pid = getattr(spawner, "pid", 0)
+        ready = running and exit_status is None and bool(pid)
         if exit_status is not None:
             state: dict[str, Any] = {"terminated": {"exitCode": exit_status if isinstance(exit_status, int) else 1, "reason": "Exited"}}
         elif pid:
-            state = {"running": {}}
+            started_at = _process_started_at(pid)
+            state = {"running": {"startedAt": started_at} if started_at else {}}
         else:
             state = {"waiting": {"reason": "Starting"}}
         started = bool(pid) or exit_status is not None
+        flag = "True" if ready else "False"
         return {
             "conditions": [
                 {"type": "PodScheduled", "status": "True"},
                 {"type": "Initialized", "status": "True" if started else "False"},
-                {"type": "ContainersReady", "status": "False"},
-                {"type": "Ready", "status": "False"},
+                {"type": "ContainersReady", "status": flag},
+                {"type": "Ready", "status": flag},
             ],
-            "containerStates": [{"name": "notebook", "state": state, "ready": False}],
+            "containerStates": [{"name": "notebook", "state": state, "ready": ready}],
         }
 
 
@@ -221,6 +233,18 @@ def _epoch_ms(when: datetime.datetime | None) -> int:
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.timezone.utc)
     return int(when.timestamp() * 1000)
+
+
+def _process_started_at(pid: int) -> str:
+    """When a local server's process started, as Kubernetes writes `startedAt`; '' if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return ""
+    when = datetime.datetime.fromtimestamp(boot + since_boot, datetime.timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _pod(spawner: Any) -> dict[str, Any] | None:
@@ -298,6 +322,10 @@ class LauncherAPIHandler(_Gen3Handler):
             self.send({"error": "No paymodel set"}, 404)
         elif call in ("launch", "terminate", "setpaymodel", "resetpaymodels"):
             raise web.HTTPError(405, f"{call} must be called with POST.")
+        elif call == "":
+            # The prefix itself is no call but a place a person opens (the hub's base URL, when
+            # the launcher shares it): send them to the hub, which logs them in.
+            self.redirect(self.hub.base_url)
         else:
             raise web.HTTPError(404, f"The workspace launcher has no call {call!r}.")
 

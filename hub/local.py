@@ -44,6 +44,17 @@ class LocalSettings:
     def fence_login(self) -> bool:
         return bool(self.commons_url and self.client_id)
 
+    @property
+    def public_url(self) -> str:
+        """Where the browser reaches the hub: the address the banner prints."""
+        host = "127.0.0.1" if self.ip in ("", "0.0.0.0") else self.ip
+        return f"http://{host}:{self.port}{self.base_url}"
+
+    @property
+    def oauth_callback_url(self) -> str:
+        """The redirect URL the Fence client must have registered for this hub."""
+        return f"{self.public_url}hub/oauth_callback"
+
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
 
@@ -58,6 +69,22 @@ def find_engine_command() -> str:
         if os.access(candidate, os.X_OK):
             return candidate
     return shutil.which("nginx") or ""
+
+
+def engine_pid(prefix: Path) -> int | None:
+    """The pid of the nginx master whose pid file is in the engine folder `prefix`, if it runs.
+    A stale pid file may name a recycled pid: only an nginx is ours."""
+    try:
+        pid = int((prefix / "engine.pid").read_text().strip())
+        return pid if b"nginx" in Path(f"/proc/{pid}/cmdline").read_bytes() else None
+    except (OSError, ValueError):
+        return None
+
+
+def engine_running(data_dir: Path) -> bool:
+    """Whether this data dir's engine outlived its hub (JupyterHub.cleanup_proxy off): the
+    port is then the engine's own, and the new hub reloads it."""
+    return engine_pid(data_dir / "engine") is not None
 
 
 def persistent_secret(path: Path, nbytes: int = 32) -> str:
@@ -129,8 +156,7 @@ def configure(c: Any, settings: LocalSettings) -> None:
         c.Gen3OAuthenticator.client_id = settings.client_id
         # The secret comes from the environment only, never from a file on disk or argv.
         c.Gen3OAuthenticator.client_secret = os.environ.get("GEN3_CLIENT_SECRET", "")
-        public = f"http://{'127.0.0.1' if settings.ip in ('', '0.0.0.0') else settings.ip}:{settings.port}"
-        c.Gen3OAuthenticator.oauth_callback_url = f"{public}{settings.base_url.rstrip('/')}/hub/oauth_callback"
+        c.Gen3OAuthenticator.oauth_callback_url = settings.oauth_callback_url
         if settings.commons_name:
             c.Gen3OAuthenticator.commons_name = settings.commons_name
         if settings.portal_url:

@@ -134,7 +134,7 @@ def settings_reference() -> str:
         ("Gen3Proxy", Gen3Proxy, (Gen3Proxy,),
          "`JupyterHub.proxy_class = \"gen3workspace.hub.engine.Gen3Proxy\"`: nginx with auth_request carries users' "
          "traffic and the hub only decides (docs/architecture.md). With `should_start` (the embedded mode) the hub "
-         "renders helm/gen3-workspace/files/engine.conf and runs nginx; the chart runs it as a Deployment of its own."),
+         "renders hub/engine.conf and runs nginx; the chart runs it as a Deployment of its own."),
     ]
     lines = [
         "# Settings reference",

@@ -453,9 +453,9 @@ VALUES = Group(
                 ),
                 "replicas": Leaf({"type": "integer", "minimum": 1}, 2, "Replicas of the engine. 2 or more with the PodDisruptionBudget keep users connected through node drains; the decision cache is per replica."),
                 "decisionCacheSeconds": Leaf(
-                    {"type": "integer", "minimum": 1, "maximum": 600},
-                    30,
-                    "How long the engine reuses the hub's \"allowed\" answer for the same credentials, server, Origin and Upgrade (denials never). A caller already allowed keeps working through a hub restart this short; a revoked session reaches its own server for at most this long.",
+                    {"type": "integer", "minimum": 1, "maximum": 60},
+                    2,
+                    "How long the engine reuses the hub's \"allowed\" answer for the same credentials, server, Origin and Upgrade (denials never) without asking again. The answer names the server's address, which a restarted server gives up to someone else's: keep it short. While the hub cannot answer (a restart) answers up to 10 minutes old keep serving, as no server starts or moves without the hub.",
                 ),
                 "service": Group(
                     "The proxy-public Service, where users' traffic enters.",

@@ -27,6 +27,7 @@ ensure_proxy() {
   local stamp=node_modules/.package-lock.sha256
   local want; want="$(sha256sum package-lock.json | cut -d' ' -f1)"
   if [ -x node_modules/.bin/configurable-http-proxy ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then return; fi
+  # Stock configurable-http-proxy: only the benchmarks' stock-JupyterHub side runs it.
   log "configurable-http-proxy from package-lock.json"
   npm ci --no-audit --no-fund --loglevel=error
   echo "$want" > "$stamp"
@@ -69,15 +70,32 @@ ensure_debian_packages() {
   fi
 }
 
+ensure_gen3_client() {
+  # Embedded workspaces find gen3-client next to the hub's Python (Gen3LocalSpawner puts that
+  # folder first on their PATH): the commit the notebook image pins, built with Go and cached.
+  if ! command -v go >/dev/null 2>&1; then
+    log "Go is not installed: embedded workspaces will have no gen3-client (install Go, then run this again)"
+    return
+  fi
+  local built; built="$(tests/support/gen3client/build.sh)"
+  cmp -s "$built" .venv/bin/gen3-client || install -m 0755 "$built" .venv/bin/gen3-client
+}
+
+ensure_data_bed() {
+  # The data-plane test bed (tests/support/realdata.py): indexd, manifestservice and sheepdog
+  # venvs from the pinned sources, next to the Fence bed (cached in .cache/databed).
+  tests/support/databed/build.sh >/dev/null
+}
+
 ensure_python_env
 ensure_proxy
 ensure_nginx
+ensure_gen3_client
 if [ "$what" = test ]; then
   ensure_debian_packages
   [ -x scripts/get-helm.sh ] && scripts/get-helm.sh >/dev/null
   [ -x tests/support/kube/build.sh ] && tests/support/kube/build.sh
   tests/support/fencebed/build.sh >/dev/null
-  # The real gen3-client, built from the commit the notebook image pins (cached in .cache/).
-  tests/support/gen3client/build.sh >/dev/null
+  ensure_data_bed
 fi
 log "ready"

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import inspect
 import json
+import logging
+import weakref
 from pathlib import Path
 from typing import Any, AsyncIterator
 from urllib.parse import urlparse
@@ -27,6 +29,16 @@ _templates = Environment(
 )
 
 ALWAYS_NO_PROXY = ["localhost", "127.0.0.1", "::1", ".svc", ".cluster.local"]
+# What a server with no commons is told. GEN3_API_KEY is the first place the Gen3 SDK looks:
+# without it Gen3Auth() calls the cluster's workspace-token-service, which fails with a
+# connection error naming a host the researcher has never heard of. Pointed at this file it
+# fails at once, naming the file, which says what is missing and how to connect a commons.
+NO_COMMONS_NOTE = Path(__file__).with_name("singleuser") / "no-gen3-commons-connected.txt"
+NO_COMMONS_MESSAGE = (
+    "No Gen3 commons is connected to this workspace (dev login): there is no Fence API key for "
+    "the Gen3 SDK or gen3-client. To connect one, start it with --commons-url and --client-id; "
+    f"see {NO_COMMONS_NOTE.name} (GEN3_API_KEY)."
+)
 
 # Tornado's shared client runs 10 requests at a time and queues the rest, so a storm of spawns
 # would wait on each other's Fence calls; Fence gets its own client per event loop instead.
@@ -55,16 +67,67 @@ def jwt_scope(token: str) -> list[str] | None:
 
 
 class FlavorError(web.HTTPError):
-    """A flavor request the user cannot have: a 4xx with a message the user can act on."""
+    """A flavor request the user cannot have: a 4xx with a message the user can act on.
 
-    def __init__(self, status: int, message: str):
+    `logged`: the raiser has already written the line an operator needs; JupyterHub's own
+    reports of the same error are then dropped (see `QuietRefusals`).
+    """
+
+    def __init__(self, status: int, message: str, logged: bool = False):
         super().__init__(status, message)
         # JupyterHub's error page and API show this text instead of the bare status line.
         self.jupyterhub_message = message
+        self.reported = logged
+        _LIVE_ERRORS.add(self)
+
+
+_LIVE_ERRORS: "weakref.WeakSet[FlavorError]" = weakref.WeakSet()
+
+
+class QuietRefusals(logging.Filter):
+    """One line per refused spawn, not JupyterHub's four (two of them full tracebacks).
+
+    JupyterHub logs a spawn hook's HTTPError with a traceback where it applies user options
+    and again in the spawn form's handler, plus two "Error starting" lines. A FlavorError is
+    an answer to the user, not a fault: its first report is kept as one line (without the
+    traceback), later ones are dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        error = exc if isinstance(exc, FlavorError) else None
+        if error is None and record.levelno >= logging.ERROR:
+            try:
+                message = record.getMessage()
+            except Exception:
+                return True
+            error = next((e for e in list(_LIVE_ERRORS) if e.jupyterhub_message in message), None)
+        if error is None:
+            return True
+        if error.reported:
+            return False
+        error.reported = True
+        text = record.getMessage()
+        if error.jupyterhub_message not in text:
+            text = f"{text}: {error.jupyterhub_message}"
+        record.msg, record.args, record.exc_info, record.exc_text = text, (), None, None
+        return True
+
+
+def quiet_refusals(logger: logging.Logger) -> None:
+    """Put one QuietRefusals filter on `logger` (idempotent)."""
+    if not any(isinstance(f, QuietRefusals) for f in logger.filters):
+        logger.addFilter(QuietRefusals())
 
 
 class Gen3SpawnerMixin(LoggingConfigurable):
     """Flavors, env and credentials for a JupyterHub Spawner subclass (Kubernetes or local)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # JupyterHub's User logs spawn errors on Tornado's application logger.
+        quiet_refusals(self.log)
+        quiet_refusals(logging.getLogger("tornado.application"))
 
     flavor_file = Unicode(
         config=True,
@@ -163,6 +226,58 @@ class Gen3SpawnerMixin(LoggingConfigurable):
             return check_csp_sources(proposal.value, f"{type(self).__name__}.frame_ancestors")
         except GrammarError as e:
             raise TraitError(str(e)) from None
+
+    export_to_workspace = Bool(
+        True,
+        config=True,
+        help="""Copy the files of the user's newest portal exports (manifestservice manifests) into
+        their server, each checked against indexd's size and md5 (docs/architecture.md, "Export to
+        Workspace"). Runs inside the user's server with the user's API key; False: GEN3_EXPORT=off.""",
+    )
+    export_keep = Integer(
+        5,
+        config=True,
+        help="How many of the user's newest manifests are kept in the server (GEN3_EXPORT_KEEP); older ones' exported files are removed.",
+    )
+    export_folder = Unicode(
+        "data",
+        config=True,
+        help="""Folder of the exports in the user's server (GEN3_EXPORT_DIR), relative to the server's
+        root folder (the drive); files go to <folder>/<commons host>/<manifest>/<file name>.""",
+    )
+    manifest_service_url = Unicode(
+        "",
+        config=True,
+        help="""URL of manifestservice as the user's server reaches it (GEN3_MANIFEST_SERVICE_URL), e.g.
+        http://manifestservice-service.default.svc.cluster.local. Empty: <commons_url>/manifests, as revproxy routes it.""",
+    )
+    indexd_url = Unicode(
+        "",
+        config=True,
+        help="""URL of indexd as the user's server reaches it (GEN3_INDEXD_URL), e.g.
+        http://indexd-service.default.svc.cluster.local. Empty: <commons_url>/index, as revproxy routes it.""",
+    )
+
+    @validate("export_keep")
+    def _check_export_keep(self, proposal: Any) -> int:
+        if proposal.value < 1:
+            raise TraitError(f"Gen3SpawnerMixin.export_keep={proposal.value}: keep at least 1 manifest, or set export_to_workspace = False.")
+        return proposal.value
+
+    @validate("manifest_service_url", "indexd_url")
+    def _check_data_service_url(self, proposal: Any) -> str:
+        value = proposal.value.strip().rstrip("/")
+        parts = urlparse(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment or any(c.isspace() for c in value)):
+            raise TraitError(f"{type(self).__name__}.{proposal.trait.name}: {short(value, 80)} is not an http(s) URL such as http://{proposal.trait.name.removesuffix('_url').replace('_', '')}-service")
+        return value
+
+    @validate("export_folder")
+    def _check_export_folder(self, proposal: Any) -> str:
+        value = proposal.value.strip()
+        if not value or value.startswith("/") or ".." in value.split("/") or any(ord(c) < 32 for c in value):
+            raise TraitError(f"{type(self).__name__}.export_folder: {short(value, 80)!r} must be a folder inside the server's root folder, such as data")
+        return value
 
     workspace_namespace = Unicode(
         config=True,
@@ -264,7 +379,7 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         if not user_may_launch(flavor, groups, authz, service, method):
             self.log.warning("%s asked for flavor %s, which they may not launch", self.user.name, flavor.name)
             who = f" (members of {', '.join(flavor.allowed_groups)})" if flavor.allowed_groups else ""
-            raise FlavorError(403, f"You are not allowed to launch the flavor {flavor.name!r}{who}.")
+            raise FlavorError(403, f"You are not allowed to launch the flavor {flavor.name!r}{who}.", logged=True)
         return flavor
 
     # --- the flavor page --------------------------------------------------------------
@@ -324,6 +439,10 @@ class Gen3SpawnerMixin(LoggingConfigurable):
             env["WORKSPACE_FLAVOR"] = self.flavor.name
         if self.commons_url:
             env["GEN3_ENDPOINT"] = self.commons_url
+        else:
+            env["GEN3_API_KEY"] = str(NO_COMMONS_NOTE)
+            # Read by the image's gen3-client profile hook, and by anyone reading `env`.
+            env["GEN3_NO_COMMONS"] = NO_COMMONS_MESSAGE
         env["NAMESPACE"] = self.workspace_namespace
         if self.egress_proxy:
             for name in ("HTTP_PROXY", "HTTPS_PROXY"):
@@ -334,6 +453,14 @@ class Gen3SpawnerMixin(LoggingConfigurable):
             env["GEN3_FRAME_ANCESTORS"] = " ".join(self.frame_ancestors)
         if self._api_key_id:
             env["GEN3_API_KEY"] = f"{self.credentials_mount_path.rstrip('/')}/credentials.json"
+        # Read by the Export to Workspace extension in the server (spawner/singleuser/gen3ws_export.py).
+        env["GEN3_EXPORT"] = "on" if self.export_to_workspace else "off"
+        env["GEN3_EXPORT_KEEP"] = str(self.export_keep)
+        env["GEN3_EXPORT_DIR"] = self.export_folder
+        if self.manifest_service_url:
+            env["GEN3_MANIFEST_SERVICE_URL"] = self.manifest_service_url
+        if self.indexd_url:
+            env["GEN3_INDEXD_URL"] = self.indexd_url
         return env
 
     # --- the Fence API key ---------------------------------------------------------------
@@ -402,7 +529,7 @@ class Gen3SpawnerMixin(LoggingConfigurable):
         scope = jwt_scope(token)
         if scope is not None and "credentials" not in scope:
             self.log.error("Cannot mint an API key for %s: the access token lacks the 'credentials' scope (token scopes: %s)", self.user.name, " ".join(scope))
-            raise FlavorError(403, self.MISSING_CREDENTIALS_SCOPE)
+            raise FlavorError(403, self.MISSING_CREDENTIALS_SCOPE, logged=True)
         request = asyncio.ensure_future(
             self._fence("POST", f"/credentials/api/?expires_in={int(self.api_key_lifetime)}", token, {"scope": list(self.api_key_scopes)})
         )

@@ -358,7 +358,7 @@ class Gen3KubeSpawner(Gen3SpawnerMixin, KubeSpawner):
             start.cancel()
             message = watchdog.result()
             self.log.error("Spawn of %s for %s failed: %s", self.pod_name, self.user.name, message)
-            raise FlavorError(500, message)
+            raise FlavorError(500, message, logged=True)
         except BaseException:
             # JupyterHub's start timeout cancels us, not the task we wait on: stop it too, or
             # it would go on to create a pod nobody tracks.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sys
@@ -9,9 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner
-from traitlets import Unicode, default
+from traitlets import Float, List, Unicode, default
 
 from .common import Gen3SpawnerMixin
+
+
+# The notebook image's start-up hook, in a source checkout (the embedded mode runs from one).
+IMAGE_HOOKS = Path(__file__).resolve().parents[1] / "images" / "notebook" / "before-notebook.d"
 
 
 def safe_name(username: str) -> str:
@@ -39,6 +44,26 @@ class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
     @default("data_dir")
     def _data_dir_default(self) -> str:
         return str(Path(os.environ.get("GEN3WS_DATA_DIR", "var")).absolute())
+
+    start_hooks = List(
+        Unicode(),
+        config=True,
+        help="""Executables run before the user's server starts, with the server's env and its
+        drive as the working folder, as the notebook image's start.sh runs before-notebook.d: the
+        default is that folder's hooks in this checkout, so gen3-client is logged in to the commons
+        (a profile from the server's API key) in embedded mode too. A failing hook is logged and
+        the server starts anyway, as with start.sh.""",
+    )
+
+    @default("start_hooks")
+    def _start_hooks_default(self) -> list[str]:
+        return [str(p) for p in sorted(IMAGE_HOOKS.glob("*")) if p.is_file() and os.access(p, os.X_OK)] if IMAGE_HOOKS.is_dir() else []
+
+    start_hook_timeout = Float(
+        60.0,
+        config=True,
+        help="Seconds a start hook may run before it is stopped and the server starts without it.",
+    )
 
     local_mode_note = (
         "Local mode: the flavor's image, CPU, memory and GPU are not applied here. Your server runs "
@@ -86,6 +111,12 @@ class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
         # The image's start-up hook keeps gen3-client's file (it holds the key) here, off the
         # drive; the folder goes with the credentials when the server stops.
         env["GEN3_CLIENT_RUNTIME_DIR"] = str(Path(self.credentials_mount_path) / "gen3-client")
+        # As the image's /usr/local/bin: gen3-client (scripts/setup.sh installs it next to the
+        # hub's Python), the SDK's `gen3` command and Jupyter come first on the server's PATH,
+        # unless the operator set PATH in `environment`.
+        if "PATH" not in self.environment:
+            tools = str(Path(sys.executable).parent)
+            env["PATH"] = os.pathsep.join([tools, *(d for d in env.get("PATH", os.defpath).split(os.pathsep) if d and d != tools)])
         return env
 
     async def start(self) -> Any:
@@ -99,10 +130,36 @@ class Gen3LocalSpawner(Gen3SpawnerMixin, SimpleLocalProcessSpawner):
         if key:
             self._write_credentials(key)
         try:
+            await self._run_start_hooks()
             return await super().start()
         except Exception:
             await self._cleanup_credentials()
             raise
+
+    async def _run_start_hooks(self) -> None:
+        env = self.get_env()
+        for hook in self.start_hooks:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    hook, env=env, cwd=self.home_dir, stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                )
+            except OSError as e:
+                self.log.warning("Start hook %s of %s could not run: %s", hook, self.user.name, e)
+                continue
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(), self.start_hook_timeout)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+                self.log.warning("Start hook %s of %s ran over %s s and was stopped", hook, self.user.name, self.start_hook_timeout)
+                continue
+            # The image's hooks never print a key (start.sh shows their output in the pod log).
+            text = out.decode(errors="replace").strip()[-2000:]
+            if proc.returncode:
+                self.log.warning("Start hook %s of %s failed (%s): %s", hook, self.user.name, proc.returncode, text)
+            else:
+                self.log.info("Start hook %s of %s: %s", Path(hook).name, self.user.name, text)
 
     def _write_credentials(self, key: dict[str, str]) -> None:
         folder = Path(self.credentials_mount_path)

@@ -13,6 +13,7 @@ from tests.support import fence as fence_module
 from tests.support import hub as hub_module
 from tests.support.fence import WORKSPACE_AUTHZ, FenceStandIn
 from tests.support.hub import Hub
+from tests.support.realdata import DataBed
 from tests.support.realfence import FenceBed
 
 # Loggers of the code under test run in this process (spawners driven by tests): at DEBUG, into
@@ -95,6 +96,15 @@ def _reset_fence(request: pytest.FixtureRequest) -> Iterator[None]:
 def real_fence() -> Iterator[FenceBed]:
     """Real Fence + arborist + PostgreSQL (tests/support/realfence.py), started once per session."""
     bed = FenceBed().start()
+    yield bed
+    bed.stop()
+
+
+@pytest.fixture(scope="session")
+def real_data(real_fence: FenceBed) -> Iterator[DataBed]:
+    """The real data plane (tests/support/realdata.py) on the session's real Fence bed: indexd, signed URLs over moto S3, manifestservice, sheepdog."""
+    bed = DataBed(real_fence).start()
+    print(f"\ndata-plane bed: build check {bed.build_seconds:.1f} s, start {bed.start_seconds:.1f} s")
     yield bed
     bed.stop()
 

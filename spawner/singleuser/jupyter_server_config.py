@@ -1,4 +1,4 @@
-"""Jupyter Server settings of a Gen3 Workspace notebook: lets the Gen3 portal embed JupyterLab in a frame and shuts idle kernels, terminals and the server down.
+"""Jupyter Server settings of a Gen3 Workspace notebook: lets the Gen3 portal embed JupyterLab in a frame, shuts idle kernels, terminals and the server down, and turns on Export to Workspace.
 
 The notebook image installs this file as /usr/local/etc/jupyter/jupyter_server_config.py. Jupyter
 loads that directory after /etc/jupyter, so these settings sit on top of the docker-stacks
@@ -12,6 +12,8 @@ Environment (set by the spawner; read when the server starts):
   <sources>``. Unset or invalid: JupyterHub's default, ``frame-ancestors 'none'``, stays.
 - ``GEN3_IDLE_TIMEOUT_SECONDS``: idle time after which kernels and terminals are culled
   and the server shuts itself down (default 3600; 0 turns culling off).
+- ``GEN3_EXPORT`` and ``GEN3_EXPORT_*``: the Export to Workspace extension, ``gen3ws_export.py``
+  next to this file (its docstring lists them).
 """
 
 from __future__ import annotations
@@ -105,6 +107,19 @@ def apply(c: Any, env: Mapping[str, str]) -> None:
     c.MappingKernelManager.cull_busy = False
 
 
+EXPORT_EXTENSION = "gen3ws_export"
+
+
+def enable_export(c: Any, folder: str) -> None:
+    """Make the Export to Workspace extension beside this file importable and enabled (it stays idle without Gen3 credentials)."""
+    if folder not in sys.path:
+        # Appended, not prepended: nothing installed in the environment is shadowed by this folder.
+        sys.path.append(folder)
+    # update(), not assignment: other config files enable their own extensions in the same dict.
+    c.ServerApp.jpserver_extensions.update({EXPORT_EXTENSION: True})
+
+
 if "get_config" in globals():
     # Loaded by Jupyter as a config file: traitlets injects get_config() into the namespace.
     apply(get_config(), os.environ)  # type: ignore[name-defined]  # noqa: F821
+    enable_export(get_config(), os.path.dirname(os.path.abspath(__file__)))  # type: ignore[name-defined]  # noqa: F821

@@ -154,7 +154,7 @@ def test_mallorys_page_runs_script_for_mallory_only(browser: Browser, hub: Hub, 
                 assert page.title() != "evil-ran", (user, address)
                 assert response is None or response.status in (200, 302, 403, 404), (user, address, response.status)
                 if address == ADDRESSES[0]:
-                    expect(page.locator("#gen3-gate-error")).to_contain_text("belongs to another user's workspace")
+                    expect(page.locator("#gen3-error-message")).to_contain_text("belongs to another user's workspace")
                     page.screenshot(path=screenshot_path(f"isolation-{user}"))
         finally:
             context.close()

@@ -95,6 +95,11 @@ def test_portal_api_and_page_on_kubernetes(commons_on_kube: tuple[ChartHub, Any,
         assert s.post(api + "launch?id=python-small", timeout=60).status_code == 200
         running = wait("Running")
         assert running["workspaceType"] == "Kubernetes" and running["idleTimeLimit"] == 3600 * 1000 and running["lastActivityTime"] > 0
+        # Once Running, the pod's own conditions and container states from the reflector.
+        conditions = {c["type"]: c["status"] for c in running["conditions"]}
+        assert conditions.get("Ready") == "True" and conditions.get("PodScheduled") == "True", running
+        notebook = [cs for cs in running["containerStates"] if cs["name"] == "notebook"]
+        assert notebook and notebook[0]["ready"] is True and "running" in notebook[0]["state"], running
         assert s.get(api + "proxy/", timeout=60).status_code == 200
         assert s.post(api + "terminate", timeout=60).status_code == 200
         wait("Not Found")

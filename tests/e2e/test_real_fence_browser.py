@@ -80,6 +80,13 @@ def test_user_without_the_policy_gets_our_403_page(page: Page, hub: Hub, real_fe
     expect(body).to_contain_text("403")
     expect(body).to_contain_text("method 'access' for service 'jupyterhub' on resource '/workspace'")
     assert "Traceback" not in page.content()
+    # Logged in to real Fence as nobody-ned: the page names the account, and Logout ends Fence's
+    # session too, so the next login can be someone else.
+    expect(page.locator("#gen3-user")).to_have_text("nobody-ned")
+    assert page.request.get(f"{real_fence.fence_url}/user", max_redirects=0).status == 200, "logged in to Fence"
+    page.locator("#logout").click()
+    page.wait_for_url(re.compile(re.escape(hub.url)))
+    assert page.request.get(f"{real_fence.fence_url}/user", max_redirects=0).status == 401
 
 
 def test_permission_removed_while_logged_in_is_lost_at_the_next_refresh(page: Page, hub: Hub, real_fence: FenceBed) -> None:

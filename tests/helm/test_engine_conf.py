@@ -44,7 +44,7 @@ def test_the_chart_renders_exactly_what_the_embedded_mode_renders(base: str) -> 
     # defaults.yaml: an https commons at data.example.org, so forwarding headers say so.
     same = engine.render(
         listen="8080", hub=HUB_SERVICE, base_url=base, hub_prefix=base + "hub/",
-        public_url="https://data.example.org" + base, decision_cache_seconds=30, access_log=True,
+        public_url="https://data.example.org" + base, decision_cache_seconds=2, access_log=True,
     )
     assert conf.strip() == same.strip()
 

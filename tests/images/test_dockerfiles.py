@@ -104,6 +104,8 @@ def test_notebook_image_installs_hook_config_and_requirements() -> None:
     assert (
         "COPY --chmod=0644 spawner/singleuser/jupyter_server_config.py /usr/local/etc/jupyter/jupyter_server_config.py"
     ) in steps
+    # Export to Workspace: the config puts its own folder on sys.path, so the module sits beside it.
+    assert "COPY --chmod=0644 spawner/singleuser/gen3ws_export.py /usr/local/etc/jupyter/gen3ws_export.py" in steps
     assert any("pip install --no-cache-dir --require-hashes --requirement /tmp/gen3-requirements.txt" in s for s in steps)
     users = [s for s in steps if s.startswith("USER ")]
     assert users[-1] == "USER ${NB_UID}"  # the image ends as the notebook user, not root

@@ -254,6 +254,18 @@ def test_without_gen3_api_key_it_does_nothing(run_hook: RunHook, home: Path, key
     assert not (home / ".gen3").exists()
 
 
+def test_with_no_commons_connected_it_says_so_and_writes_nothing(run_hook: RunHook, home: Path) -> None:
+    from gen3workspace.spawner.common import NO_COMMONS_MESSAGE, NO_COMMONS_NOTE
+
+    # What the spawner sets for a server with no commons (spawner/common.py gen3_env).
+    result = run_hook(GEN3_NO_COMMONS=NO_COMMONS_MESSAGE, GEN3_API_KEY=str(NO_COMMONS_NOTE), GEN3_ENDPOINT=None)
+
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.strip() == f"gen3-client-profile: {NO_COMMONS_MESSAGE}"
+    assert "No Gen3 commons is connected" in result.stdout and "--commons-url" in result.stdout
+    assert not (home / ".gen3").exists()
+
+
 def test_with_a_missing_key_file_it_does_nothing(run_hook: RunHook, home: Path, tmp_path: Path) -> None:
     result = run_hook(GEN3_API_KEY=str(tmp_path / "nowhere" / "credentials.json"))
 

@@ -173,3 +173,19 @@ def test_the_options_exist_on_the_real_classes(loaded: Config) -> None:
         "TerminalManager": terminals.TerminalManager.class_trait_names(config=True),
     }.items():
         assert set(loaded[section]) <= set(names), section
+
+
+# --- Export to Workspace -------------------------------------------------------------------
+
+
+def test_loading_enables_the_export_extension_beside_it_without_dropping_others(loaded: Config) -> None:
+    import sys
+
+    from traitlets.config.loader import LazyConfigValue
+
+    value = loaded.ServerApp.jpserver_extensions
+    # An update, merged with what other config files enable (jupyterlab's own JSON), not a replacement.
+    assert isinstance(value, LazyConfigValue)
+    assert value.get_value({"jupyterlab": True}) == {"jupyterlab": True, "gen3ws_export": True}
+    assert str(JUPYTER_CONFIG.parent) in sys.path
+    assert (JUPYTER_CONFIG.parent / "gen3ws_export.py").is_file()

@@ -14,9 +14,9 @@ import pytest
 from gen3workspace.spawner.local import safe_name
 from tests.images.helpers import HOOK, JUPYTER_CONFIG, REQUIREMENTS
 from tests.support import notebook_image
-from tests.support.fence import FenceStandIn
-from tests.support.gen3client import RUN_HOOKS, check_session, data_fence, hook_profile
+from tests.support.gen3client import RUN_HOOKS, check_session, hook_profile
 from tests.support.hub import Hub
+from tests.support.realdata import DataBed
 
 def test_the_assembly_reproduces_every_step_of_the_final_stage() -> None:
     plan = notebook_image.plan()  # raises on any step it could not reproduce
@@ -27,6 +27,7 @@ def test_the_assembly_reproduces_every_step_of_the_final_stage() -> None:
             (str(HOOK.relative_to(notebook_image.REPO)), "/usr/local/bin/before-notebook.d/50-gen3-client-profile.py"),
             (str(JUPYTER_CONFIG.relative_to(notebook_image.REPO)), "/usr/local/etc/jupyter/jupyter_server_config.py"),
             ("spawner/singleuser/labconfig/page_config.json", "/usr/local/etc/jupyter/labconfig/page_config.json"),
+            ("spawner/singleuser/gen3ws_export.py", "/usr/local/etc/jupyter/gen3ws_export.py"),
         ]
     )
     assert plan.gen3_client == "/usr/local/bin/gen3-client"
@@ -69,12 +70,7 @@ def userland(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def fence() -> Iterator[FenceStandIn]:
-    yield from data_fence("nora")
-
-
-@pytest.fixture(scope="module")
-def hub(fence: FenceStandIn, userland: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+def hub(real_data: DataBed, userland: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     root, python = userland
     image = notebook_image.plan()
     hooks = notebook_image.image_path(root, "/usr/local/bin/before-notebook.d")
@@ -86,16 +82,19 @@ def hub(fence: FenceStandIn, userland: tuple[Path, Path], tmp_path_factory: pyte
 c.Gen3LocalSpawner.cmd = ["env", "JUPYTER_CONFIG_PATH={notebook_image.image_path(root, '/usr/local/etc/jupyter')}", "bash", "{RUN_HOOKS}", "{hooks}", "{singleuser}"]
 c.Gen3LocalSpawner.environment = {dict(image.env, PATH=path)!r}
 """
-    h = Hub(tmp_path_factory.mktemp("userland-hub"), fence=fence, extra_config=config).start()
+    # The image's start.sh runs the hooks here, not the embedded spawner's own start hooks.
+    h = Hub(tmp_path_factory.mktemp("userland-hub"), extra_config=config + "c.Gen3LocalSpawner.start_hooks = []\n")
+    h.fence = real_data.fence.register_hub("userland", h.url)
+    h.start()
     yield h
     h.stop()
 
 
-def test_the_userland_runs_as_a_users_server(hub: Hub, fence: FenceStandIn, userland: tuple[Path, Path]) -> None:
+def test_the_userland_runs_as_a_users_server(hub: Hub, real_data: DataBed, userland: tuple[Path, Path]) -> None:
     root, python = userland
     user = "nora"
     drive = hub.data_dir / "drives" / safe_name(user)
-    guid = fence.add_object("samples.tsv", b"s\tv\n1\t2\n", authz=["/programs/demo"])
+    record = real_data.add_object("samples.tsv", b"s\tv\n1\t2\n")
     hub.login(user)
     r = hub.api("POST", f"users/{user}/server", json={"flavor": "python-small"})
     assert r.status_code in (201, 202), r.text
@@ -115,9 +114,9 @@ def test_the_userland_runs_as_a_users_server(hub: Hub, fence: FenceStandIn, user
     assert "TOKEN-OK" in out.stdout, out.stderr[-3000:]
 
     # A terminal: the image's gen3-client, logged in by the hook.
-    check_session(fence, env, drive, profile, guid, b"s\tv\n1\t2\n")
+    check_session(real_data, env, drive, profile, record)
 
     r = hub.api("DELETE", f"users/{user}/server")
     assert r.status_code in (202, 204)
     hub.wait_for_server(user, ready=False)
-    assert fence.active_keys(user) == []
+    assert real_data.active_keys(user) == []

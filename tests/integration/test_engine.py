@@ -32,6 +32,7 @@ def _servers(spawner):
         spawner.args = []
         spawner.environment = dict(spawner.environment, GEN3_TEST_COLLECTOR="http://127.0.0.1:9/", GEN3_TEST_CONNECTIONS={connections!r})
 c.Spawner.pre_spawn_hook = _servers
+c.JupyterHub.allow_named_servers = True
 # Where users reach the commons (TLS ends in front of it): forwarding headers come from here.
 c.JupyterHub.public_url = {public!r}
 # Non-owners' scripts: one token with only access:servers, one with more.
@@ -189,6 +190,38 @@ def test_a_cached_allow_never_serves_another_caller(hub: Hub, fence: FenceStandI
     assert echo(hub, {"Authorization": f"token {servers['mallory']}"}).status_code == 200
 
 
+def test_a_restarted_server_is_reached_at_its_new_address_not_a_cached_old_one(hub: Hub, fence: FenceStandIn, servers: dict[str, str]) -> None:
+    # The cached answer names an address; a stopped server's address may be the next
+    # server's, another user's. The cache must not outlive a restart.
+    headers = bearer(fence, "mallory")
+    before = echo(hub, headers).json()["_address"]
+    assert requests.post(f"{hub.url}terminate", headers=headers, timeout=60).status_code == 200
+    hub.wait_for_server("mallory", ready=False)
+    assert requests.post(f"{hub.url}launch?id=python-small", headers=headers, timeout=60).status_code == 200
+    hub.wait_for_server("mallory")
+    r = echo(hub, headers)
+    assert r.status_code == 200, r.text[:300]
+    model = hub.user_model("mallory")["servers"][""]
+    assert r.json()["_address"].endswith(":" + str(model["state"].get("port", r.json()["_address"].rsplit(":", 1)[1]))), (before, r.json()["_address"], model)
+
+
+def test_a_named_server_is_reached_at_its_own_path_by_its_owner_only(hub: Hub, fence: FenceStandIn, servers: dict[str, str]) -> None:
+    r = hub.api("POST", "users/mallory/servers/side", json={"flavor": "python-small"})
+    assert r.status_code in (201, 202), r.text
+    deadline = time.time() + 120
+    while not (hub.user_model("mallory")["servers"].get("side") or {}).get("ready"):
+        assert time.time() < deadline, "the named server did not start"
+        time.sleep(0.5)
+    try:
+        got = echo(hub, bearer(fence, "mallory"), path="user/mallory/side/echo-headers").json()
+        assert got["_served_by"] == f"{BASE}user/mallory/side/"
+        # The default server still answers its own paths, a missing name falls to it.
+        assert echo(hub, bearer(fence, "mallory")).json()["_served_by"] == f"{BASE}user/mallory/"
+        assert echo(hub, bearer(fence, "bob"), path="user/mallory/side/echo-headers").status_code == 403
+    finally:
+        hub.api("DELETE", "users/mallory/servers/side")
+
+
 def test_the_decision_endpoint_is_not_reachable_through_the_engine(hub: Hub, fence: FenceStandIn, servers: dict[str, str]) -> None:
     r = requests.get(f"{hub.url}hub/gen3-route", headers={**bearer(fence, "mallory"), "X-Original-URI": f"{BASE}user/mallory/"}, timeout=30)
     assert r.status_code == 404 and "X-Gen3-Upstream" not in r.headers
@@ -204,7 +237,56 @@ def test_a_150_mb_download_arrives_whole(hub: Hub, fence: FenceStandIn, servers:
     assert got == size
 
 
+def test_an_upload_reaches_the_server_whole(hub: Hub, servers: dict[str, str]) -> None:
+    # Streamed to the server (no body-size cap of the engine's): JupyterLab's contents API.
+    text = "0123456789abcdef" * (20 * 1024 * 1024 // 16)
+    url = f"{hub.url}user/bob/api/contents/upload.txt"
+    auth = {"Authorization": f"token {servers['bob']}"}
+    r = requests.put(url, json={"type": "file", "format": "text", "content": text}, headers=auth, timeout=120)
+    assert r.status_code in (200, 201), r.text[:300]
+    got = requests.get(url, headers=auth, timeout=120).json()
+    assert got["size"] == len(text) and got["content"] == text
+
+
 def test_the_engine_config_is_rendered_from_the_one_template(hub: Hub) -> None:
     conf = (hub.data_dir / "engine" / "nginx.conf").read_text()
     assert "auth_request /_gen3ws_route;" in conf and f"location {BASE}user/" in conf
     assert json.dumps("@") not in conf and "@BASE_URL@" not in conf
+
+
+def test_the_engine_outlives_a_hub_restart_and_an_allowed_caller_keeps_working(fence: FenceStandIn, tmp_path: Path) -> None:
+    """JupyterHub's design (as with configurable-http-proxy): with cleanup_proxy off the engine
+    keeps running while the hub restarts, serves already-allowed callers from its decision
+    cache, and the new hub reloads it instead of starting a second one."""
+    import os
+    import signal
+
+    fence.add_user("mallory")
+    config = CONFIG.format(evil=str(REPO / "tests" / "support" / "evil_server.py"), connections=str(tmp_path / "connections"), public=PUBLIC + BASE, ops_access=OPS_ONLY_ACCESS, ops_wide=OPS_WIDE)
+    config += "\nc.JupyterHub.cleanup_proxy = False\nc.JupyterHub.cleanup_servers = False\n"
+    hub = Hub(tmp_path, fence=fence, extra_args=["--base-url", BASE], extra_config=config).start()
+    pid_file = hub.data_dir / "engine" / "engine.pid"
+    engine_pid = int(pid_file.read_text())
+    headers = bearer(fence, "mallory")
+    try:
+        assert requests.post(f"{hub.url}launch?id=python-small", headers=headers, timeout=60).status_code == 200
+        hub.wait_for_server("mallory")
+        assert echo(hub, headers).status_code == 200
+        hub.stop()
+        # The hub is gone; its decision for this caller is not.
+        assert requests.get(f"{hub.url}hub/health", timeout=10).status_code == 502
+        r = echo(hub, headers)
+        assert r.status_code == 200 and r.json()["x-forwarded-proto"] == "https"
+        # Nobody new gets in while the hub cannot decide.
+        assert echo(hub, {"Authorization": "bearer not-a-token"}).status_code == 502
+        hub.start()
+        assert int(pid_file.read_text()) == engine_pid, "the new hub started a second engine instead of reloading this one"
+        assert echo(hub, headers).status_code == 200
+        requests.post(f"{hub.url}terminate", headers=headers, timeout=60)
+        hub.wait_for_server("mallory", ready=False)
+    finally:
+        hub.stop()
+        try:
+            os.kill(engine_pid, signal.SIGQUIT)
+        except ProcessLookupError:
+            pass

@@ -42,9 +42,9 @@ def start_alice(hub: Hub) -> None:
     hub.wait_for_server("alice")
 
 
-def token_of(hub: Hub, user: str) -> dict[str, str]:
-    """An API token of `user` with everything `user` may do (made by the test's admin service)."""
-    r = hub.api("POST", f"users/{user}/tokens", json={"note": "test"})
+def token_of(hub: Hub, user: str, scopes: list[str] | None = None) -> dict[str, str]:
+    """An API token of `user` (made by the test's admin service): everything `user` may do, or only `scopes`."""
+    r = hub.api("POST", f"users/{user}/tokens", json={"note": "test", **({"scopes": scopes} if scopes else {})})
     assert r.status_code == 201, r.text
     return {"Authorization": f"token {r.json()['token']}"}
 
@@ -110,12 +110,17 @@ def test_the_explicit_setting_gives_fence_admins_every_server(open_hub: Hub) -> 
     start_alice(open_hub)
     session, _ = open_hub.login("admin-ada")
     assert open_hub.user_model("admin-ada")["admin"] is True
-    ada = token_of(open_hub, "admin-ada")
-    # By API token (a script, no browser): served, and the server itself checks the token.
+    # A full admin token is refused at another user's server: forwarded, alice's server could
+    # replay it against the hub's whole API (docs/security.md).
+    full = requests.get(f"{open_hub.url}user/alice/api/status", headers=token_of(open_hub, "admin-ada"), timeout=30, allow_redirects=False)
+    assert full.status_code == 403 and "access:servers" in full.text, (full.status_code, full.text[:300])
+    # By a token that carries only access:servers (a script, no browser): served, and the
+    # server itself checks the token.
+    ada = token_of(open_hub, "admin-ada", ["access:servers"])
     by_token = requests.get(f"{open_hub.url}user/alice/api/status", headers=ada, timeout=30, allow_redirects=False)
     assert by_token.status_code == 200 and "started" in by_token.json(), by_token.text
     # In a browser, never: alice's script would run with ada's admin session (docs/architecture.md).
     page = session.get(f"{open_hub.url}user/alice/api/status", timeout=30)
-    assert page.status_code == 403 and "gen3-gate-error" in page.text, (page.status_code, page.url)
+    assert page.status_code == 403 and 'id="gen3-error-message"' in page.text, (page.status_code, page.url)
     assert open_hub.api("DELETE", "users/alice/server").status_code in (202, 204)
     open_hub.wait_for_server("alice", ready=False)

@@ -1,4 +1,4 @@
-"""Fence login through a real JupyterHub and configurable-http-proxy against the Fence stand-in."""
+"""Fence login through a real JupyterHub behind its real proxy engine (nginx) against the Fence stand-in."""
 
 from __future__ import annotations
 

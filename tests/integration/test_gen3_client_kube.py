@@ -1,50 +1,61 @@
-"""The real gen3-client in a pod Gen3KubeSpawner made on the Kubernetes test bed: the pod's entrypoint runs the notebook image's start-up hooks the way docker-stacks' start.sh does, then gen3-client works with no `configure`."""
+"""The data workflows in a pod Gen3KubeSpawner made on the Kubernetes test bed, against the real data-plane bed: the pod's entrypoint runs the notebook image's start-up hooks the way docker-stacks' start.sh does, then gen3-client (download-single, download-multiple) and the image's Gen3 SDK work with no `configure`, with the pod's own env."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from gen3workspace.hub.auth import Gen3OAuthenticator
 from gen3workspace.spawner.flavors import default_catalogue_path
-from tests.integration.test_kube_spawn import admin, chart_ns, hub_sa_client, make_spawner, stop  # noqa: F401 - fixtures
+from gen3workspace.spawner.kube import Gen3KubeSpawner
+from tests.images.test_notebook_userland import find_python
+from tests.integration.test_kube_spawn import SERVER_CMD, admin, chart_ns, hub_sa_client, stop  # noqa: F401 - fixtures
 from tests.support import notebook_image
-from tests.support.fence import FenceStandIn
-from tests.support.gen3client import RUN_HOOKS, check_refused, check_session, data_fence, gen3_client, hook_profile, read_profile
+from tests.support.fakes import FakeUser, fake_hub
+from tests.support.gen3client import RUN_HOOKS, check_refused, check_session, check_workflows, gen3_client, hook_profile, read_profile
 from tests.support.kube_fixtures import *  # noqa: F403
 from tests.support.kubelet import KubeletHarness, RunningPod
+from tests.support.realdata import DataBed
+from tests.support.realfence import RegisteredClient
 
 pytestmark = pytest.mark.k8s
 
-@pytest.fixture(scope="module")
-def fence() -> Iterator[FenceStandIn]:
-    yield from data_fence("kim")
+USER = "kim"  # may read and download the bed's project (tests/support/realfence.py)
 
 
 @pytest.fixture(scope="module")
-def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def client(real_data: DataBed) -> RegisteredClient:
+    # The spawner only needs the client for its authenticator's settings; no browser logs in here.
+    return real_data.fence.register_hub("gen3-client-kube", "http://127.0.0.1:9/")
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(root with the notebook image's files, the image's Python with its lock (the Gen3 SDK) installed)."""
     root = tmp_path_factory.mktemp("image-root")
     notebook_image.assemble_files(root)
-    return root
+    python = notebook_image.install_requirements(tmp_path_factory.mktemp("image-venv") / "venv", find_python("3.11"))
+    return root, python
 
 
 @pytest.fixture
-async def harness(chart_ns: tuple[str, Path], kubelet_factory: Any, image_root: Path) -> KubeletHarness:
+async def harness(chart_ns: tuple[str, Path], kubelet_factory: Any, image_root: tuple[Path, Path]) -> KubeletHarness:
+    root, python = image_root
     image = notebook_image.plan()
-    hooks = notebook_image.image_path(image_root, "/usr/local/bin/before-notebook.d")
+    hooks = notebook_image.image_path(root, "/usr/local/bin/before-notebook.d")
     images = {f["image"] for f in yaml.safe_load(default_catalogue_path().read_text())["flavors"]}
 
     def image_env(pod: RunningPod, env: dict[str, str]) -> None:
-        # What the image adds under the pod's env: its ENV, its /usr/local/bin, and its own
-        # /tmp (the container's writable layer, gone with the pod like the pod's volumes).
+        # What the image adds under the pod's env: its ENV, its /usr/local/bin and its Python
+        # first on PATH, and its own /tmp (the container's writable layer, gone with the pod).
         for name, value in image.env.items():
             env.setdefault(name, value)
-        env["PATH"] = f"{notebook_image.image_path(image_root, '/usr/local/bin')}:{env['PATH']}"
+        env["PATH"] = f"{notebook_image.image_path(root, '/usr/local/bin')}:{python.parent}:{env['PATH']}"
         tmp = pod.dir / "volumes" / "container-tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         env["TMPDIR"] = str(tmp)
@@ -54,8 +65,18 @@ async def harness(chart_ns: tuple[str, Path], kubelet_factory: Any, image_root: 
     return await kubelet_factory(chart_ns[0], image_entrypoints={i: entrypoint for i in images}, env_hook=image_env)
 
 
-async def start_pod(fence: FenceStandIn, ns: str, harness: KubeletHarness, admin: Any) -> tuple[Any, RunningPod, str]:
-    spawner = make_spawner(fence, ns, "kim", ["analysts"])
+def make_spawner(bed: DataBed, client: RegisteredClient, ns: str) -> Gen3KubeSpawner:
+    """The hub's spawner for USER, logged in to the real Fence (a token with the `credentials` scope, as the hub's login gets)."""
+    auth = Gen3OAuthenticator(commons_url=bed.commons_url, client_id=client.client_id, client_secret=client.client_secret)
+    token = bed.access_token(USER, ("openid", "user", "data", "credentials"))
+    fake = FakeUser(USER, ["analysts"], auth_state={"access_token": token, "oauth_user": {"authz": {}}})
+    spawner = Gen3KubeSpawner(user=fake, hub=fake_hub(), authenticator=auth, namespace=ns, cmd=SERVER_CMD, start_timeout=60)
+    spawner.fatal_error_poll_seconds = 0.2
+    return spawner
+
+
+async def start_pod(bed: DataBed, client: RegisteredClient, ns: str, harness: KubeletHarness, admin: Any) -> tuple[Any, RunningPod, str]:
+    spawner = make_spawner(bed, client, ns)
     spawner.user_options = {"flavor": "python-small"}
     await spawner.start()
     running = await harness.wait_for_ready(spawner.pod_name)
@@ -65,25 +86,29 @@ async def start_pod(fence: FenceStandIn, ns: str, harness: KubeletHarness, admin
     return spawner, running, hook_profile(running.logs())
 
 
-async def test_gen3_client_in_a_kubernetes_pod(
-    fence: FenceStandIn, chart_ns: tuple[str, Path], harness: KubeletHarness, hub_sa_client: None, admin: Any, tmp_path: Path
+async def test_data_workflows_in_a_kubernetes_pod(
+    real_data: DataBed, client: RegisteredClient, chart_ns: tuple[str, Path], harness: KubeletHarness, hub_sa_client: None, admin: Any,
+    image_root: tuple[Path, Path], tmp_path: Path,
 ) -> None:
     ns = chart_ns[0]
-    guid = fence.add_object("variants.vcf", b"##fileformat=VCFv4.2\n", authz=["/programs/demo"])
-    spawner, running, profile = await start_pod(fence, ns, harness, admin)
+    spawner, running, profile = await start_pod(real_data, client, ns, harness, admin)
     drive = harness.pvc_dir(spawner.pvc_name)
     assert Path(running.env["HOME"]) == drive
     assert running.env["GEN3_CLIENT_VERSION_CHECK"] == "false"
+    assert running.env["GEN3_ENDPOINT"] == real_data.commons_url
 
-    old = await asyncio.to_thread(check_session, fence, running.env, drive, profile, guid, b"##fileformat=VCFv4.2\n")
+    record = real_data.add_object("kube-first.vcf", b"##fileformat=VCFv4.2\n")
+    old = await asyncio.to_thread(check_session, real_data, running.env, drive, profile, record)
     runtime = Path(running.env["TMPDIR"])
     assert any(runtime.rglob("gen3_client_config.ini"))
+    # The notebook kernel is the image's Python, with the SDK from the image's lock.
+    await asyncio.to_thread(check_workflows, real_data, running.env, drive, profile, image_root[1], "kube")
 
     # Restart: a new pod with a new key; the hook and the client agree on it.
     await stop(spawner)
     await harness.wait_for_gone(spawner.pod_name)
     assert not runtime.exists(), "the file with the key went with the pod"
-    spawner, running, again = await start_pod(fence, ns, harness, admin)
+    spawner, running, again = await start_pod(real_data, client, ns, harness, admin)
     assert again == profile
     key = json.loads(Path(running.env["GEN3_API_KEY"]).read_text())
     assert key["key_id"] != old["key_id"]
@@ -93,5 +118,5 @@ async def test_gen3_client_in_a_kubernetes_pod(
     await stop(spawner)
 
     # After stop the old key no longer works.
-    await asyncio.to_thread(check_refused, fence, profile, old, tmp_path / "old-home")
-    assert fence.active_keys("kim") == []
+    await asyncio.to_thread(check_refused, real_data, profile, old, tmp_path / "old-home")
+    assert await asyncio.to_thread(real_data.active_keys, USER) == []

@@ -33,7 +33,7 @@ Obj = dict[str, Any]
 Resource = tuple[str, bool, frozenset[str]]
 
 # Keys the chart generates itself and must keep for the life of the release.
-GENERATED_KEYS = ("cookie-secret", "crypt-key", "proxy-token")
+GENERATED_KEYS = ("cookie-secret", "crypt-key")
 KLOG_WARNING = re.compile(r"^W\d{4} ", re.MULTILINE)
 
 

@@ -131,6 +131,10 @@ def test_every_status_from_not_found_to_running_to_not_found(hub: Hub, fence: Fe
         assert running["idleTimeLimit"] == 3600 * 1000
         assert 0 < running["lastActivityTime"] <= time.time() * 1000 + 1000
         assert time.time() * 1000 - running["lastActivityTime"] < 10 * 60 * 1000
+        # Once Running, the process's state as a ready pod's: every condition True, running.
+        assert {c["type"]: c["status"] for c in running["conditions"]} == {"PodScheduled": "True", "Initialized": "True", "ContainersReady": "True", "Ready": "True"}, running
+        [container] = running["containerStates"]
+        assert container["name"] == "notebook" and container["ready"] is True and container["state"]["running"]["startedAt"].endswith("Z"), running
         assert fence.active_keys("carol"), "the launch minted no Fence API key"
         # The portal checks proxy/ before it shows the iframe: 200, the user's JupyterLab.
         r = s.get(hub.url + "proxy/", timeout=60)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
-
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,9 @@ FLAGS = [
     "--disable-dev-shm-usage",
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
+DOCS_IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
+# `GEN3WS_DOCS_SCREENSHOTS=1 make test PYTEST_ARGS=tests/e2e/test_pages_browser.py` regenerates docs/img.
+UPDATE_DOCS_IMG = os.environ.get("GEN3WS_DOCS_SCREENSHOTS") == "1"
 
 
 @contextmanager
@@ -46,9 +50,18 @@ def screenshot_path(name: str) -> Path:
     return SCREENSHOTS / f"{name}.png"
 
 
+def docs_screenshot(page: Page, name: str, full_page: bool = True) -> Path:
+    """A screenshot the docs show: into test-artifacts always, into docs/img with GEN3WS_DOCS_SCREENSHOTS=1."""
+    path = screenshot_path(name)
+    page.screenshot(path=path, full_page=full_page)
+    if UPDATE_DOCS_IMG:
+        shutil.copyfile(path, DOCS_IMG / f"{name}.png")
+    return path
+
+
 def log_in(page: Page, hub: Hub, user: str, shot: str | None = None) -> None:
     page.goto(f"{hub.url}hub/login")
-    expect(page.locator("#gen3-title")).to_have_text("Gen3 Workspace")
+    expect(page.locator("#gen3-title")).to_have_text(re.compile(r"\bWorkspace$"))
     if shot:
         page.screenshot(path=screenshot_path(shot), full_page=True)
     page.get_by_text(re.compile("^Sign in with ")).click()

@@ -51,7 +51,11 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path.split("?")[0].endswith("/echo-headers"):
             # What reached the server: the engine's forwarding rules, seen from behind it.
-            self._send(json.dumps({k.lower(): v for k, v in self.headers.items()}).encode(), "application/json")
+            seen = {k.lower(): v for k, v in self.headers.items()}
+            # Which of the user's servers answered (default or named).
+            seen["_served_by"] = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "")
+            seen["_address"] = "%s:%s" % self.server.server_address[:2]
+            self._send(json.dumps(seen).encode(), "application/json")
             return
         if "/bytes/" in self.path:
             # A download of N bytes, streamed, so the size cannot come from a buffer anywhere.

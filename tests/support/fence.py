@@ -5,7 +5,8 @@ RS256 JWTs that `gen3.auth` can decode, the API-key endpoints Gen3Auth, gen3-cli
 use) the way real Fence 13 does, proven by tests/contract/test_fence_contract.py, which runs the
 same cases against both: keys need the `credentials` scope, tokens made from keys lose it,
 refresh returns the same refresh token, PKCE is accepted but not checked, logout redirects only
-to allowed hosts. It keeps its users, their authz and groups, and token lifetimes settable per
+to allowed hosts. It has no data routes (indexd records, signed URLs, bytes): tests that fetch
+data use the real data-plane bed (tests/support/realdata.py). It keeps its users, their authz and groups, and token lifetimes settable per
 test, can be told to fail (the faults real Fence cannot be made to show), and records every call. It runs in a thread with its own event loop so synchronous tests
 and a JupyterHub subprocess can both talk to it.
 """
@@ -14,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import hmac
 import html
 import secrets
 import threading
@@ -23,7 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode, urlparse
+from urllib.parse import urlencode, urlparse
 
 import jwt
 from aiohttp import web
@@ -142,7 +141,6 @@ class FenceStandIn:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
-        self._init_data()
 
     # --- test-facing API ---------------------------------------------------------------
 
@@ -184,8 +182,6 @@ class FenceStandIn:
         """Stop listening ("Fence is down"); `start()` brings it back on the same port."""
         if self._loop and self._runner:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-            if self._files_runner:
-                asyncio.run_coroutine_threadsafe(self._files_runner.cleanup(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread:
             self._thread.join(10)
@@ -263,12 +259,10 @@ class FenceStandIn:
         # gen3-client uses the first; the Gen3 SDK the deprecated second. Same handler in Fence.
         r.add_post("/user/credentials/api/access_token", self._key_to_token)
         r.add_post("/user/credentials/cdis/access_token", self._key_to_token)
-        self._add_data_routes(r)
         self._runner = web.AppRunner(app, access_log=None)
         loop.run_until_complete(self._runner.setup())
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         loop.run_until_complete(site.start())
-        loop.run_until_complete(self._start_file_server())
         ready.set()
         loop.run_forever()
         loop.close()
@@ -566,160 +560,3 @@ class FenceStandIn:
             return web.json_response({"error": "Cannot issue an access token that would expire after the provided API key does."}, status=400)
         request[USERNAME] = entry["username"]
         return web.json_response({"access_token": self.mint_access_token(entry["username"], lifetime=lifetime, scopes=entry["scope"], azp="")})
-
-    # =====================================================================================
-    # Data routes gen3-client calls (download-single, upload), as Fence 13.3 and indexd serve them
-    # (fence/blueprints/data/blueprint.py; indexd behind revproxy at /index), and a local file
-    # server standing in for the bucket the presigned URLs point into. Objects are added with
-    # `add_object`; uploads land in `objects` as well.
-    # =====================================================================================
-
-    def _init_data(self) -> None:
-        self.objects: dict[str, dict[str, Any]] = {}  # guid -> indexd record + "content"
-        self.presigned_url_lifetime = 3600
-        self.files_port = free_port()
-        self._url_key = secrets.token_bytes(32)
-        self._files_runner: web.AppRunner | None = None
-
-    def add_object(self, file_name: str, content: bytes, authz: list[str] | None = None, guid: str | None = None) -> str:
-        """Register a file in the stand-in's indexd and bucket; returns its GUID (dg.TEST/<uuid>, as Gen3 prefixes them).
-
-        `authz`: resources whose `read-storage` a user needs; empty: any logged-in user may read it.
-        """
-        guid = guid or f"dg.TEST/{uuid.uuid4()}"
-        self.objects[guid] = self._index_record(guid, file_name, authz or [], content, uploader=None)
-        return guid
-
-    def _index_record(self, guid: str, file_name: str, authz: list[str], content: bytes | None, uploader: str | None) -> dict[str, Any]:
-        now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-        return {
-            "did": guid,
-            "baseid": str(uuid.uuid4()),
-            "rev": secrets.token_hex(4),
-            "form": "object",
-            "size": len(content) if content is not None else None,
-            "file_name": file_name,
-            "version": None,
-            "uploader": uploader,
-            "urls": [f"s3://standin-bucket/{guid}/{file_name}"] if content is not None else [],
-            "urls_metadata": {},
-            "acl": [],
-            "authz": authz,
-            "hashes": {"md5": hashlib.md5(content).hexdigest()} if content is not None else {},  # noqa: S324 - indexd's checksum field
-            "metadata": {},
-            "description": None,
-            "created_date": now,
-            "updated_date": now,
-            "content": content,
-        }
-
-    def _add_data_routes(self, r: web.UrlDispatcher) -> None:
-        r.add_get("/index/index/{guid:.+}", self._indexd_get)
-        r.add_get("/user/data/download/{guid:.+}", self._data_download)
-        r.add_post("/user/data/upload", self._data_upload)
-        r.add_get("/user/data/upload/{guid:.+}", self._data_upload_url)
-
-    async def _start_file_server(self) -> None:
-        app = web.Application()
-        app.router.add_get("/{guid:.+}", self._file_get)
-        app.router.add_put("/{guid:.+}", self._file_put)
-        self._files_runner = web.AppRunner(app, access_log=None)
-        await self._files_runner.setup()
-        await web.TCPSite(self._files_runner, "127.0.0.1", self.files_port, reuse_address=True).start()
-
-    def _sign_url(self, method: str, guid: str, expires: int) -> str:
-        return hmac.new(self._url_key, f"{method}\n{guid}\n{expires}".encode(), hashlib.sha256).hexdigest()
-
-    def presigned_url(self, method: str, guid: str, file_name: str) -> str:
-        expires = int(time.time()) + self.presigned_url_lifetime
-        query = urlencode({"X-Amz-Expires": expires, "X-Amz-Signature": self._sign_url(method, guid, expires), "file_name": file_name})
-        return f"http://127.0.0.1:{self.files_port}/{quote(guid)}?{query}"
-
-    def _check_url(self, request: web.Request, method: str) -> str:
-        guid = request.match_info["guid"]
-        try:
-            expires = int(request.query.get("X-Amz-Expires", ""))
-        except ValueError:
-            raise web.HTTPForbidden(text="missing expiry") from None
-        good = self._sign_url(method, guid, expires)
-        if expires < time.time() or not hmac.compare_digest(good, request.query.get("X-Amz-Signature", "")):
-            raise web.HTTPForbidden(text="<Error><Code>AccessDenied</Code><Message>Request has expired or signature does not match</Message></Error>")
-        return guid
-
-    @staticmethod
-    def _error_page(status: int, message: str) -> web.Response:
-        # Fence 13 answers errors of these routes with its HTML error page (error_handler.py).
-        body = f"<!doctype html><title>{status} Error</title><h1>{status}</h1><p>{html.escape(message)}</p>"
-        return web.Response(status=status, text=body, content_type="text/html")
-
-    def _may(self, username: str, resources: list[str], service: str, method: str) -> bool:
-        granted = self.users[username].authz
-        for resource in resources:
-            perms = granted.get(resource) or []
-            if not any(p.get("service") in (service, "*") and p.get("method") in (method, "*") for p in perms):
-                return False
-        return True
-
-    async def _indexd_get(self, request: web.Request) -> web.Response:
-        # indexd reads are public: it ignores any Authorization header.
-        record = self.objects.get(request.match_info["guid"])
-        if record is None:
-            return web.json_response({"error": "no record found"}, status=404)
-        return web.json_response({k: v for k, v in record.items() if k != "content"})
-
-    async def _data_download(self, request: web.Request) -> web.Response:
-        guid = request.match_info["guid"]
-        record = self.objects.get(guid)
-        if record is None:
-            return self._error_page(404, f"No indexed document found with id {guid}")
-        username = self._bearer_user(request)
-        if record["authz"] and not self._may(username, record["authz"], "fence", "read-storage"):
-            return self._error_page(403, f"You don't have access permission on this file: {guid}")
-        if record["content"] is None:
-            return self._error_page(404, f"Can't find a location for the data with id {guid}")
-        url = self.presigned_url("GET", guid, record["file_name"])
-        if "redirect" in request.query:
-            raise web.HTTPFound(url)
-        return web.json_response({"url": url})
-
-    async def _data_upload(self, request: web.Request) -> web.Response:
-        username = self._bearer_user(request)
-        try:
-            params = await request.json()
-        except ValueError:
-            params = None
-        if not isinstance(params, dict):
-            return self._error_page(400, "wrong Content-Type; expected application/json")
-        if "file_name" not in params:
-            return self._error_page(400, "missing required argument `file_name`")
-        authz = params.get("authz") or []
-        allowed = self._may(username, authz, "fence", "create") and self._may(username, authz, "fence", "write-storage") if authz else self._may(username, ["/data_file"], "fence", "file_upload")
-        if not allowed:
-            return self._error_page(
-                403,
-                "You do not have access to upload data. You either need general file uploader permissions or create and write-storage permissions on the authz resources you specified (if you specified any).",
-            )
-        guid = params.get("guid") or f"dg.TEST/{uuid.uuid4()}"
-        self.objects[guid] = self._index_record(guid, params["file_name"], authz, None, uploader="" if authz else username)
-        return web.json_response({"guid": guid, "url": self.presigned_url("PUT", guid, params["file_name"])}, status=201)
-
-    async def _data_upload_url(self, request: web.Request) -> web.Response:
-        self._bearer_user(request)
-        guid = request.match_info["guid"]
-        file_name = request.query.get("file_name") or guid.replace("/", "_")
-        return web.json_response({"url": self.presigned_url("PUT", guid, file_name)})
-
-    async def _file_get(self, request: web.Request) -> web.Response:
-        guid = self._check_url(request, "GET")
-        record = self.objects.get(guid)
-        if record is None or record["content"] is None:
-            raise web.HTTPNotFound(text="<Error><Code>NoSuchKey</Code></Error>")
-        return web.Response(body=record["content"], content_type="application/octet-stream")
-
-    async def _file_put(self, request: web.Request) -> web.Response:
-        guid = self._check_url(request, "PUT")
-        content = await request.read()
-        record = self.objects.setdefault(guid, self._index_record(guid, request.query.get("file_name", guid), [], None, uploader=None))
-        # What indexd-listener does after the bucket event: size, hash and location of the upload.
-        record.update(self._index_record(guid, record["file_name"], record["authz"], content, record["uploader"]) | {"did": guid, "baseid": record["baseid"]})
-        return web.Response(status=200)

@@ -1,4 +1,4 @@
-"""Runs a real JupyterHub (with its real configurable-http-proxy) through `gen3-workspace up` for tests."""
+"""Runs a real JupyterHub (behind its real proxy engine, nginx) through `gen3-workspace up` for tests."""
 
 from __future__ import annotations
 

@@ -6,6 +6,13 @@ step: Fence's own mock of its Google login (`OPENID_CONNECT.google.mock`), which
 whoever the `dev_login` cookie names. (`MOCK_AUTH: true`, Fence's other switch, always logs in
 the user `test`, so it cannot give one test two users.) Fence is served under `/user` by a
 prefix-stripping WSGI wrapper, as Gen3's revproxy does.
+
+The commons URL (`url`) is the revproxy stand-in (tests/support/revproxy.py) in front of Fence,
+routing Gen3's paths: `/user/` to Fence and, for the data-plane bed (tests/support/realdata.py,
+which shares this bed's PostgreSQL cluster), `/index/` and `/ga4gh/` to indexd, DRS access to
+Fence, `/manifests/` to manifestservice and `/api/` to sheepdog. Fence's `BASE_URL` is that URL,
+so tokens' `iss` names the commons as in production, and Fence is configured to sign download
+URLs for the bed's bucket (`DATA_BUCKET`, served by moto on `moto_port`) from indexd records.
 """
 
 from __future__ import annotations
@@ -30,12 +37,20 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gen3workspace.hub.cli import free_port
 from tests.support.postgres import Postgres, bin_dir
+from tests.support.revproxy import RevProxy
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "tests" / "support" / "fencebed" / "build.sh"
 WSGI = REPO / "tests" / "support" / "fencebed" / "wsgi.py"
 
 WORKSPACE_POLICY = "workspace"
+# The data-plane bed's program and project (sheepdog's names; arborist's /programs/P/projects/Q).
+DATA_PROGRAM, DATA_PROJECT = "DEV", "test"
+DATA_RESOURCE = f"/programs/{DATA_PROGRAM}/projects/{DATA_PROJECT}"
+OTHER_RESOURCE = f"/programs/{DATA_PROGRAM}/projects/other"
+DATA_BUCKET = "gen3-data-bed"
+# moto accepts any key; Fence and manifestservice need one to sign with.
+BUCKET_CREDENTIALS = {"aws_access_key_id": "testing-key-id", "aws_secret_access_key": "testing-secret"}
 # The Workspace policy as Fence's docs/base_user.yaml has it, plus a GPU flavor resource. The
 # flavor resource is NOT under /workspace: arborist grants every subresource of a resource, so
 # everyone with /workspace would hold /workspace/gpu too (seen in userinfo `authz`).
@@ -43,16 +58,32 @@ AUTHZ = {
     "resources": [
         {"name": "workspace"},
         {"name": "workspace-flavors", "subresources": [{"name": "gpu"}]},
-        {"name": "programs", "subresources": [{"name": "open"}]},
+        {"name": "programs", "subresources": [
+            {"name": "open"},
+            {"name": DATA_PROGRAM, "subresources": [{"name": "projects", "subresources": [{"name": DATA_PROJECT}, {"name": "other"}]}]},
+        ]},
+        {"name": "services", "subresources": [{"name": "sheepdog", "subresources": [{"name": "submission", "subresources": [{"name": "program"}, {"name": "project"}]}]}]},
     ],
     "policies": [
         {"id": "workspace", "description": "be able to use workspace", "resource_paths": ["/workspace"], "role_ids": ["workspace_user"]},
         {"id": "workspace-gpu", "description": "launch GPU flavors", "resource_paths": ["/workspace-flavors/gpu"], "role_ids": ["workspace_user"]},
         {"id": "open-reader", "description": "read open data", "resource_paths": ["/programs/open"], "role_ids": ["reader"]},
+        # Fence signs a download for read-storage on the record's authz; sheepdog wants read.
+        {"id": "data-reader", "description": "read and download the DEV-test project", "resource_paths": [DATA_RESOURCE], "role_ids": ["data_reader"]},
+        {"id": "data-submitter", "description": "submit to DEV-test", "resource_paths": [DATA_RESOURCE], "role_ids": ["data_submitter"]},
+        {"id": "sheepdog-admin", "description": "create programs and projects", "resource_paths": ["/services/sheepdog/submission/program", "/services/sheepdog/submission/project"], "role_ids": ["sheepdog_admin"]},
     ],
     "roles": [
         {"id": "workspace_user", "permissions": [{"id": "workspace_access", "action": {"service": "jupyterhub", "method": "access"}}]},
         {"id": "reader", "permissions": [{"id": "peregrine_reader", "action": {"service": "peregrine", "method": "read"}}]},
+        {"id": "data_reader", "permissions": [
+            {"id": "storage_reader", "action": {"service": "*", "method": "read-storage"}},
+            {"id": "any_reader", "action": {"service": "*", "method": "read"}},
+        ]},
+        {"id": "data_submitter", "permissions": [
+            {"id": "sheepdog_" + m, "action": {"service": "sheepdog", "method": m}} for m in ("create", "read", "update", "delete", "upload", "read-storage")
+        ]},
+        {"id": "sheepdog_admin", "permissions": [{"id": "sheepdog_admin_action", "action": {"service": "sheepdog", "method": "*"}}]},
     ],
 }
 
@@ -63,6 +94,11 @@ DEFAULT_USERS: dict[str, dict[str, Any]] = {
     "nobody-ned": {"policies": ["open-reader"]},
     "admin-ada": {"policies": ["workspace"], "admin": True},
     "test": {"policies": ["workspace"]},
+    # The data-plane bed's researcher and its submitter (tests/support/realdata.py).
+    "dana": {"policies": ["workspace", "data-reader"]},
+    "kim": {"policies": ["workspace", "data-reader"]},
+    "nora": {"policies": ["workspace", "data-reader"]},
+    "sheepdog-sid": {"policies": ["data-submitter", "sheepdog-admin"]},
 }
 
 
@@ -80,6 +116,22 @@ class FenceBed:
         self.pg = Postgres(user="postgres", host_auth="trust", durable=False, prefix="fencebed-pg-")
         self.pg_port = self.pg.port
         self.arborist_port, self.port = free_port(), free_port()
+        # The data-plane services' ports are fixed now: Fence's config names indexd and the bucket.
+        self.indexd_port, self.moto_port, self.manifests_port, self.sheepdog_port = free_port(), free_port(), free_port(), free_port()
+        self.front = RevProxy(
+            {
+                "/user/": self.direct_url,
+                "/index/": f"http://127.0.0.1:{self.indexd_port}/",
+                "/ga4gh/": f"http://127.0.0.1:{self.indexd_port}/ga4gh/",
+                "/manifests/": f"http://127.0.0.1:{self.manifests_port}/",
+                "/api/": f"http://127.0.0.1:{self.sheepdog_port}/",
+            },
+            # DRS access (signed URLs) is Fence's, the DRS objects are indexd's.
+            regex_routes=[(r"^/ga4gh/drs/v1/objects/(.+)/access(/.*)?$", self.direct_url + r"/user/ga4gh/drs/v1/objects/\1/access\2")],
+            bearer_from_cookie=False,
+            # `gen3 drs-pull` speaks only https (tests/support/realdata.py: `https_host`).
+            tls=True,
+        )
         self.users = {k: dict(v) for k, v in (users or DEFAULT_USERS).items()}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
@@ -89,7 +141,12 @@ class FenceBed:
 
     @property
     def url(self) -> str:
-        """The commons URL: Fence lives under `<url>/user`."""
+        """The commons URL (the revproxy stand-in): Fence lives under `<url>/user`."""
+        return self.front.url
+
+    @property
+    def direct_url(self) -> str:
+        """Fence's own port, without the revproxy stand-in (Fence is still under `/user` there)."""
         return f"http://127.0.0.1:{self.port}"
 
     @property
@@ -107,6 +164,7 @@ class FenceBed:
 
     def start(self) -> "FenceBed":
         try:
+            self.front.start()
             self._start_postgres()
             self._start_arborist()
             self._write_fence_config()
@@ -129,6 +187,7 @@ class FenceBed:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+        self.front.stop()
         self.pg.remove()
 
     def __enter__(self) -> "FenceBed":
@@ -167,7 +226,8 @@ class FenceBed:
 
     def _start_postgres(self) -> None:
         self.pg.start(timeout=30)
-        for db in ("fence", "arborist"):
+        # indexd and sheepdog (tests/support/realdata.py) keep their databases here too.
+        for db in ("fence", "arborist", "indexd", "sheepdog"):
             self.psql("postgres", f"CREATE DATABASE {db}")
 
     def psql(self, db: str, sql: str) -> list[list[str]]:
@@ -230,12 +290,15 @@ class FenceBed:
                 # What a commons must add for the workspace to mint API keys (docs/authentication.md).
                 "CLIENT_ALLOWED_SCOPES": [*config["CLIENT_ALLOWED_SCOPES"], "credentials"],
                 "LOGIN_REDIRECT_WHITELIST": [],
-                "AWS_CREDENTIALS": {},
-                "S3_BUCKETS": {},
+                # Signed URLs from indexd records over the bed's bucket (moto): INDEXD must be
+                # given (the default BASE_URL/index is wrong), `endpoint_url` is Fence's own key,
+                # and with `region` set Fence never asks AWS where the bucket is.
+                "INDEXD": f"http://127.0.0.1:{self.indexd_port}",
+                "AWS_CREDENTIALS": {"bed": dict(BUCKET_CREDENTIALS)},
+                "S3_BUCKETS": {DATA_BUCKET: {"cred": "bed", "region": "us-east-1", "endpoint_url": f"http://127.0.0.1:{self.moto_port}"}},
                 "GS_BUCKETS": {},
                 "STORAGE_CREDENTIALS": {},
                 "ENABLE_AUDIT_LOGS": {"presigned_url": False, "login": False},
-                "INDEXD": None,
             }
         )
         self.fence_config = config
@@ -260,6 +323,7 @@ class FenceBed:
             "PYTHONPATH": str(src),
             "FENCE_CONFIG_PATH": str(self.home / ".gen3" / "fence" / "fence-config.yaml"),
             "FENCEBED_ROOT": str(self.tmp / "fence-root"),
+            "ROOT_DIR": str(self.tmp / "fence-root"),  # where `fence-create token-create` finds the keys
             "PROMETHEUS_MULTIPROC_DIR": str(self.tmp / "prometheus"),
             "LANG": "C.UTF-8",
         }
@@ -286,7 +350,7 @@ class FenceBed:
             env=self.fence_env(),
             cwd=self.cache / "src" / "fence",
         )
-        self._wait_http("fence", f"{self.fence_url}/.well-known/openid-configuration", timeout=120)
+        self._wait_http("fence", f"{self.direct_url}/user/.well-known/openid-configuration", timeout=120)
 
     # --- users and clients ---------------------------------------------------------------
 

@@ -34,7 +34,7 @@ def test_readme_commands_exist() -> None:
     makefile = (REPO / "Makefile").read_text()
     assert "\nup:" in makefile and "\ntest:" in makefile
     assert "make test" in (REPO / ".ci" / "run").read_text()
-    for img in ("login", "flavor-page", "jupyterlab"):
+    for img in ("login", "flavor-page", "jupyterlab", "hub-home", "token-page", "forbidden", "admin-only", "not-your-workspace", "not-found"):
         assert f"docs/img/{img}.png" in readme and (REPO / "docs" / "img" / f"{img}.png").exists()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -102,6 +103,38 @@ async def test_manifests_validate_strictly(flavor: str, version: str) -> None:
     _, pod, pvc, secret = await manifests(flavor)
     for obj in (pod, pvc, secret):
         kubernetes_validate.validate(obj, version, strict=True)
+
+
+async def test_export_settings_reach_the_server_env() -> None:
+    _, pod, _, _ = await manifests("python-small")
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert (env["GEN3_EXPORT"], env["GEN3_EXPORT_KEEP"], env["GEN3_EXPORT_DIR"]) == ("on", "5", "data")
+    assert "GEN3_MANIFEST_SERVICE_URL" not in env and "GEN3_INDEXD_URL" not in env  # the commons URL's /manifests, /index
+    _, pod, _, _ = await manifests(
+        "python-small", export_keep=2, export_folder="exports/gen3", manifest_service_url="http://manifestservice-service/",
+        indexd_url="http://indexd-service", export_to_workspace=False,
+    )
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["GEN3_EXPORT"] == "off" and env["GEN3_EXPORT_KEEP"] == "2" and env["GEN3_EXPORT_DIR"] == "exports/gen3"
+    assert env["GEN3_MANIFEST_SERVICE_URL"] == "http://manifestservice-service" and env["GEN3_INDEXD_URL"] == "http://indexd-service"
+
+
+@pytest.mark.parametrize(
+    ("trait", "value", "says"),
+    [
+        ("export_keep", 0, "keep at least 1 manifest"),
+        ("export_folder", "../outside", "must be a folder inside the server's root folder"),
+        ("export_folder", "/etc", "must be a folder inside the server's root folder"),
+        ("manifest_service_url", "manifestservice-service", "is not an http(s) URL"),
+        ("indexd_url", "http://indexd?x=1", "is not an http(s) URL"),
+    ],
+)
+def test_bad_export_settings_are_refused_naming_the_setting(trait: str, value: Any, says: str) -> None:
+    from traitlets import TraitError
+
+    with pytest.raises(TraitError, match=re.escape(says)) as e:
+        make_spawner(FakeUser("alice"), **{trait: value})
+    assert trait in str(e.value)
 
 
 async def test_pod_is_hardened_and_annotated() -> None:

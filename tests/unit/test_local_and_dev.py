@@ -99,3 +99,51 @@ async def test_refresh_of_an_auth_state_without_token_response_checks_the_token_
         assert await auth.refresh_user(FakeUser("alice", auth_state={"oauth_user": {}})) is False
     finally:
         fence.stop()
+
+
+def test_the_workspace_permission_counts_as_allow_config() -> None:
+    """JupyterHub warns "No allow config found" unless some allow setting is on; ours gates every login."""
+    from gen3workspace.hub.auth import Gen3OAuthenticator
+
+    assert Gen3OAuthenticator(commons_url="https://data.example.org").any_allow_config is True
+    assert Gen3OAuthenticator(commons_url="https://data.example.org", require_workspace_permission=False).any_allow_config is False
+
+
+def test_a_refused_flavor_is_one_log_line_however_often_jupyterhub_reports_it() -> None:
+    import io
+    import logging
+
+    from gen3workspace.spawner.common import FlavorError, quiet_refusals
+
+    stream = io.StringIO()
+    log = logging.getLogger("test-quiet-refusals")
+    log.propagate = False
+    log.addHandler(logging.StreamHandler(stream))
+    quiet_refusals(log)
+    quiet_refusals(log)  # idempotent
+    assert len(log.filters) == 1
+
+    def report(error: FlavorError) -> None:
+        # What JupyterHub does with one spawn hook's HTTPError: two tracebacks, two error lines.
+        try:
+            raise error
+        except FlavorError:
+            log.exception("Exception applying user_options for bob")
+            log.error("Failed to spawn single-user server with form", exc_info=True)
+        log.error(f"Error starting bob's server: {error}")
+        log.error(f"Error starting server bob: {error}")
+
+    report(FlavorError(403, "You are not allowed to launch the flavor 'python-gpu'."))
+    lines = stream.getvalue().splitlines()
+    assert lines == ["Exception applying user_options for bob: You are not allowed to launch the flavor 'python-gpu'."], lines
+
+    # Already logged by whoever raised it: nothing more.
+    stream.truncate(0), stream.seek(0)
+    report(FlavorError(403, "You may not launch r-large.", logged=True))
+    assert stream.getvalue() == ""
+    # Other errors pass untouched, tracebacks included.
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("unrelated")
+    assert "Traceback" in stream.getvalue() and "boom" in stream.getvalue()

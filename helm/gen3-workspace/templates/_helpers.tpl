@@ -349,5 +349,6 @@ https and the public host when the commons is https, as the hub's public_url doe
   | replace "@LISTEN@" "8080"
   | replace "@FORWARDED_PROTO@" (ternary "https" "$scheme" $https)
   | replace "@FORWARDED_HOST@" (ternary (include "gen3ws.hubHost" .) "$http_host" $https)
-  | replace "@DECISION_CACHE_SECONDS@" (toString (int .Values.proxy.decisionCacheSeconds)) -}}
+  | replace "@DECISION_CACHE_SECONDS@" (toString (int .Values.proxy.decisionCacheSeconds))
+  | replace "@GENERATION@" "chart" -}}
 {{- end -}}

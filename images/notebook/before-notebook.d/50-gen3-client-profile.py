@@ -4,6 +4,8 @@
 docker-stacks' start.sh runs every executable in /usr/local/bin/before-notebook.d/ before the
 notebook server starts; this one reads:
 
+- ``GEN3_NO_COMMONS``: set by the spawner when no commons is connected (the embedded dev
+  login); the hook prints it and writes nothing.
 - ``GEN3_API_KEY``: path of the read-only credentials.json the spawner mounts
   (``{"key_id": ..., "api_key": ...}``, the format the Gen3 portal hands out). Unset or
   missing: nothing to do, exit 0 with one info line (e.g. a server started outside a commons).
@@ -333,6 +335,11 @@ def _drop_dead_link(home: Path) -> None:
 
 def configure_profile(env: Mapping[str, str], home: Path) -> Outcome:
     """Write the workspace's profile into the session's gen3-client file and link it from home/.gen3."""
+    no_commons = env.get("GEN3_NO_COMMONS", "").strip()
+    if no_commons:
+        # The spawner's word that no commons is connected (GEN3_API_KEY then names its note).
+        _drop_dead_link(home)
+        return Outcome(False, no_commons)
     key_path_value = env.get("GEN3_API_KEY", "").strip()
     if not key_path_value:
         _drop_dead_link(home)
