@@ -30,8 +30,7 @@ import yaml
 
 from benchmarks.kubebed_env import BenchBed
 from benchmarks.p1_spawn import RESTRICTED_CONTAINER, RESTRICTED_POD
-from benchmarks.stats import RESULTS_DIR, fmt, goal, goals_table, load, ratio, summary, table, write_results
-from gen3workspace.hub.local import find_proxy_command
+from benchmarks.stats import RESULTS_DIR, chp_command, fmt, goal, goals_table, load, ratio, summary, table, write_results
 from tests.support.charthub import ChartHub
 from tests.support.chart_install import fullname, install_chart
 from tests.support.fence import FenceStandIn, free_port
@@ -109,7 +108,7 @@ class StockKubeHub(Hub):
         f = load_catalogue(default_catalogue_path()).get(FLAVOR)
         cfg = self.tmp / "jupyterhub_config.py"
         cfg.write_text(STOCK_HUB.format(
-            port=self.port, hub_port=free_port(), api_port=free_port(), db=self.tmp / "jupyterhub.sqlite", chp=find_proxy_command(),
+            port=self.port, hub_port=free_port(), api_port=free_port(), db=self.tmp / "jupyterhub.sqlite", chp=chp_command(),
             namespace=self.namespace, image=f.image, cpu_guarantee=f.cpu_guarantee, cpu_limit=f.cpu_limit,
             mem_guarantee=int(parse_quantity(f.mem_guarantee, "memory")), mem_limit=int(parse_quantity(f.mem_limit, "memory")),
             test_config=str(test_config), restricted_container=RESTRICTED_CONTAINER, restricted_pod=RESTRICTED_POD,

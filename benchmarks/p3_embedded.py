@@ -23,9 +23,8 @@ from typing import Any
 
 import requests
 
-from benchmarks.stats import REPO, fmt, goal, goals_table, interleaved, load, ratio, summary, table, write_results
+from benchmarks.stats import REPO, chp_command, fmt, goal, goals_table, interleaved, load, ratio, summary, table, write_results
 from gen3workspace.hub.cli import free_port
-from gen3workspace.hub.local import find_proxy_command
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -68,7 +67,7 @@ def start_stock(data: Path, port: int, log: Any) -> subprocess.Popen[bytes]:
     cfg = data / "jupyterhub_config.py"
     cfg.write_text(
         STOCK_CONFIG.format(
-            port=port, hub_port=free_port(), api_port=free_port(), data=data, chp=find_proxy_command(),
+            port=port, hub_port=free_port(), api_port=free_port(), data=data, chp=chp_command(),
             singleuser=str(VENV_BIN / "jupyterhub-singleuser"), args=singleuser_args(),
         )
     )

@@ -16,6 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "test-artifacts" / "bench"
 
 
+def chp_command() -> str:
+    """configurable-http-proxy from package-lock.json (scripts/setup.sh installs it): the stock peers' proxy."""
+    path = REPO / "node_modules" / ".bin" / "configurable-http-proxy"
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: run scripts/setup.sh (it installs the stock peers' configurable-http-proxy)")
+    return str(path)
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100): a value that was measured, never interpolated."""
     if not values:
@@ -57,6 +65,14 @@ def fmt(value: float, unit: str = "ms") -> str:
         return f"{value:.2f} s"
     if unit == "x":
         return f"{value:.2f}×"
+    if unit == "MB":
+        return f"{value:.1f} MB"
+    if unit == "cores":
+        return f"{value:.3f} cores"
+    if unit == "rate":
+        return f"{value:.1f}"
+    if unit == "count":
+        return f"{value:g}"
     return f"{value:g}"
 
 
@@ -70,14 +86,16 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> s
     return "\n".join(out)
 
 
-def goal(label: str, value: float, limit: float, unit: str = "x") -> dict[str, Any]:
-    ok = not math.isnan(value) and value <= limit
-    return {"goal": label, "value": value, "limit": limit, "unit": unit, "met": ok}
+def goal(label: str, value: float, limit: float, unit: str = "x", at_least: bool = False, ours: str = "", stock: str = "") -> dict[str, Any]:
+    """A goal met when `value` ≤ `limit` (≥ with `at_least`); `ours`/`stock` are the measured values behind a ratio, shown beside it."""
+    ok = not math.isnan(value) and (value >= limit if at_least else value <= limit)
+    return {"goal": label, "value": value, "limit": limit, "unit": unit, "at_least": at_least, "ours": ours, "stock": stock, "met": ok}
 
 
 def goals_table(goals: Sequence[dict[str, Any]]) -> str:
-    rows = [[g["goal"], fmt(g["value"], g["unit"]), f"≤ {fmt(g['limit'], g['unit'])}", "met" if g["met"] else "NOT MET"] for g in goals]
-    return table("Goals", ["goal", "measured", "limit", ""], rows)
+    rows = [[g["goal"], fmt(g["value"], g["unit"]), g.get("ours") or "", g.get("stock") or "",
+             f"{'≥' if g.get('at_least') else '≤'} {fmt(g['limit'], g['unit'])}", "PASS" if g["met"] else "MISS"] for g in goals]
+    return table("Goals", ["goal", "measured", "ours", "stock", "limit", ""], rows)
 
 
 def write_results(name: str, data: dict[str, Any]) -> Path:

@@ -8,8 +8,13 @@ chart stay thin, as in Zero to JupyterHub.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import logging
 import os
+import secrets
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,7 @@ from typing import Any
 from gen3workspace.hub.auth import add_fence_admin_role
 from gen3workspace.hub.launcher import configure_portal
 from gen3workspace.hub.pages import configure_pages
+from gen3workspace.spawner.flavors import CatalogueError, group_warnings, shared_watcher
 from gen3workspace.spawner.grammar import GrammarError, check_csp_sources, check_url_base
 from gen3workspace.spawner.safeyaml import SafeYAMLError, read_yaml_file
 
@@ -29,6 +35,9 @@ ENV_CLIENT_SECRET = "GEN3WS_CLIENT_SECRET"
 ENV_COOKIE_SECRET = "GEN3WS_COOKIE_SECRET"
 ENV_CRYPT_KEY = "JUPYTERHUB_CRYPT_KEY"
 ENV_DB_PASSWORD = "GEN3WS_DB_PASSWORD"
+
+# The keys the hub generates itself when no existing Secret gives them: Secret key -> env var.
+GENERATED_KEYS = {"cookie-secret": ENV_COOKIE_SECRET, "crypt-key": ENV_CRYPT_KEY}
 
 CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
 
@@ -99,6 +108,82 @@ def _check_driver(url: str) -> None:
         ) from None
 
 
+def generated_keys(cfg: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """The cookie secret and crypt key the env lacks, read from (or first written to) the hub's Secret.
+
+    The chart renders no generated value (`helm template` in Argo CD or Flux has no cluster to
+    `lookup`, so every render would make new ones and log everyone out): it renders the hub
+    Secret without them and lets the hub, through its ServiceAccount (get and patch on that one
+    Secret), write each missing key once at first start and read it back on every start after.
+    Keys given by env (hub.existingSecret) are never generated.
+    """
+    where = _get(cfg, "hub.generatedKeys", {}) or {}
+    missing = {key: env for key, env in GENERATED_KEYS.items() if not environ.get(env)}
+    if not missing or not where.get("secret"):
+        return {}
+    name, namespace = str(where["secret"]), str(where.get("namespace") or _get(cfg, "release.namespace", "default"))
+    # JupyterHub loads its config inside its running event loop: the client runs in its own.
+    with ThreadPoolExecutor(1) as pool:
+        stored = pool.submit(asyncio.run, _ensure_keys(name, namespace, list(missing))).result(120)
+    return {env: stored[key] for key, env in missing.items()}
+
+
+async def _ensure_keys(name: str, namespace: str, keys: list[str]) -> dict[str, str]:
+    from kubernetes_asyncio import client, config
+    from kubernetes_asyncio.client.rest import ApiException
+
+    where = f"Secret {namespace}/{name}"
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        # Outside a pod (the test beds): the kubeconfig KUBECONFIG names, read now, not at import.
+        try:
+            await config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+        except config.ConfigException as e:
+            raise ChartConfigError(f"cannot reach the Kubernetes API to read the hub's generated keys from {where}: {e}; or give them in hub.existingSecret") from None
+    async with client.ApiClient() as api:
+        v1 = client.CoreV1Api(api)
+
+        async def read() -> tuple[str, dict[str, str]]:
+            try:
+                secret = await v1.read_namespaced_secret(name, namespace)
+            except ApiException as e:
+                hint = {403: "the hub's ServiceAccount may not read it (the chart's Role <release>-hub-keys grants get and patch)", 404: "it does not exist; the chart creates it: run helm upgrade (or let your GitOps tool sync) again"}
+                raise ChartConfigError(f"cannot read the hub's generated keys from {where} (HTTP {e.status}): {hint.get(e.status, e.reason)}") from None
+            data = {k: base64.b64decode(v).decode("ascii") for k, v in (secret.data or {}).items() if k in GENERATED_KEYS}
+            return secret.metadata.resource_version, data
+
+        version, data = await read()
+        new = {key: secrets.token_hex(32) for key in keys if not data.get(key)}
+        if not new:
+            return data
+        # resourceVersion makes the write conditional: a hub that lost a race reads the winner's keys.
+        body = {"metadata": {"resourceVersion": version}, "data": {k: base64.b64encode(v.encode()).decode() for k, v in new.items()}}
+        try:
+            await v1.patch_namespaced_secret(name, namespace, body, _content_type="application/merge-patch+json")
+        except ApiException as e:
+            if e.status != 409:
+                raise ChartConfigError(f"cannot store the hub's generated keys in {where} (HTTP {e.status}): the hub's ServiceAccount needs patch on it (the chart's Role <release>-hub-keys)") from None
+            _, data = await read()
+            if any(not data.get(key) for key in keys):
+                raise ChartConfigError(f"{where} changed while the hub stored its generated keys and still lacks some; restart the hub") from None
+            return data
+        return {**data, **new}
+
+
+def _check_flavors_at_start(flavor_file: str, known_groups: set[str]) -> None:
+    """Load the mounted catalogue now, so its warnings (allowed_groups with Fence login) are in the start-up log; reloads warn again."""
+    if not Path(flavor_file).is_file():
+        return  # the spawner reports a missing catalogue where users meet it
+    # JupyterHub's own logger: the spawners log through it too, once it is set up.
+    watcher = shared_watcher(flavor_file, logging.getLogger("JupyterHub"))
+    watcher.warnings = lambda catalogue: group_warnings(catalogue, known_groups)
+    try:
+        watcher.current()
+    except CatalogueError:
+        pass  # logged by the watcher; the hub still starts and keeps the users' servers
+
+
 def _oauth_callback_url(cfg: Mapping[str, Any]) -> str:
     explicit = _get(cfg, "auth.callbackUrl", "")
     if explicit:
@@ -164,6 +249,7 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
     # the same file as the embedded mode's (files/engine.conf); the hub only answers its decisions.
     c.Gen3Proxy.should_start = False
 
+    environ = {**environ, **generated_keys(cfg, environ)}
     cookie_hex = environ.get(ENV_COOKIE_SECRET, "")
     if cookie_hex:
         try:
@@ -260,6 +346,8 @@ def apply(c: Any, config_path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH, env
     # delete PVCs, so users' drives survive even a user's deletion.
     spawner.common_labels = {**KUBESPAWNER_COMMON_LABELS, **_get(cfg, "spawner.commonLabels", {})}
     spawner.delete_pvc = False
+
+    _check_flavors_at_start(spawner.flavor_file, set(auth.authz_groups.values()) | set(auth.admin_groups))
 
     # --- z2jh-style passthrough: last, so operators can override anything above -------------
     for class_name, traits in (_get(cfg, "hub.config", {}) or {}).items():

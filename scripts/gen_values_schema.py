@@ -207,16 +207,6 @@ NETPOL_PORTS = {
     },
 }
 
-# What the hub reaches by address: the Kubernetes API server (443 through the Service, 6443 on
-# the endpoints, which is what most CNIs match after translation) and Fence at commons.url.
-DEFAULT_HUB_EGRESS = [
-    {
-        "name": "the Kubernetes API server and Fence (commons.url)",
-        "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["127.0.0.0/8", "169.254.0.0/16"]}}],
-        "ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}],
-    }
-]
-
 ALLOWED_INTERNAL = {
     "type": "array",
     "items": {
@@ -424,6 +414,15 @@ VALUES = Group(
                         "then": {"properties": {"url": {"minLength": 1}}, "required": ["url"]},
                     },
                 ),
+                # --- the hub's generated keys (stable under helm template) ---
+                "existingSecret": Group(
+                    "A Secret you manage with the hub's cookie secret and auth_state crypt key (each 32 random bytes as 64 hex digits: openssl rand -hex 32). Empty name: the hub generates them at its first start and keeps them in the chart's hub Secret, the same on every render and upgrade (docs/operator-guide.md). The OAuth client secret can live in the same Secret: set auth.existingSecret to its name and key.",
+                    {
+                        "name": Leaf(STRING, "", "Name of the Secret, in the release namespace. Empty: the hub generates and keeps the keys."),
+                        "cookieSecretKey": Leaf({"type": "string", "minLength": 1}, "cookie-secret", "Key holding the cookie secret (hex). Changing it logs everyone out."),
+                        "cryptKeyKey": Leaf({"type": "string", "minLength": 1}, "crypt-key", "Key holding the auth_state crypt key. Changing it makes every stored login state unreadable (users log in again)."),
+                    },
+                ),
                 "resources": resources({"requests": {"cpu": "200m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}, "hub"),
                 **placement("hub"),
                 "securityContext": security(1000, "hub", gid=100, fs_group=True, note=" 1000:100 is the hub image's own user."),
@@ -583,12 +582,50 @@ VALUES = Group(
                     },
                 ),
                 "hub": Group(
-                    "The hub may reach the proxy's API, users' servers, DNS and what is listed here.",
+                    "The hub may reach only the proxy's API, users' servers, DNS, the Kubernetes API server, Fence, its external database and what allowedEgress lists.",
                     {
+                        # --- the hub's egress (only what it talks to) ---
+                        "apiServer": Group(
+                            "The Kubernetes API server.",
+                            {
+                                "cidrs": Leaf(
+                                    {"type": "array", "items": {"type": "string", "pattern": IPV4_CIDR}},
+                                    [],
+                                    "Addresses of the API server as IPv4 CIDRs: the 'kubernetes' Service's address and its endpoints' (kubectl get service kubernetes -n default -o jsonpath='{.spec.clusterIP}'; kubectl get endpoints kubernetes -n default -o jsonpath='{.subsets[*].addresses[*].ip}'). Empty: helm install and upgrade look them up; helm template (Argo CD, Flux) then fails asking for them.",
+                                ),
+                                "ports": Leaf(
+                                    {"type": "array", "minItems": 1, "items": PORT},
+                                    [443, 6443],
+                                    "Ports of the API server: the Service's (443) and the endpoints' (often 6443; a looked-up endpoint port is added).",
+                                ),
+                            },
+                        ),
+                        "fence": Group(
+                            "Fence, which the hub reaches at commons.url (login, token refresh, API keys).",
+                            {
+                                "to": Leaf(
+                                    {"type": "array", "items": NETPOL_PEER},
+                                    [],
+                                    "NetworkPolicy peers of Fence: an ipBlock of the commons' load balancer, or a podSelector with a namespaceSelector when the hub reaches an in-cluster revproxy or Fence. Empty: the public internet only (every private, shared, loopback and link-local range is left out), for a commons.url with a public address.",
+                                ),
+                                "ports": Leaf({"type": "array", "minItems": 1, "items": PORT}, [443], "TCP ports of Fence (commons.url)."),
+                            },
+                        ),
+                        "database": Group(
+                            "The external database (hub.db.type=external).",
+                            {
+                                "to": Leaf(
+                                    {"type": "array", "items": NETPOL_PEER},
+                                    [],
+                                    "NetworkPolicy peers of the database: a podSelector with a namespaceSelector in the cluster, or an ipBlock of its address. Required with hub.db.type=external.",
+                                ),
+                                "ports": Leaf({"type": "array", "minItems": 1, "items": PORT}, [5432], "TCP ports of the database."),
+                            },
+                        ),
                         "allowedEgress": Leaf(
                             ALLOWED_INTERNAL,
-                            DEFAULT_HUB_EGRESS,
-                            "What the hub reaches by address, as {name, to: [NetworkPolicy peers], ports}: by default the Kubernetes API server and Fence on ports 443 and 6443 anywhere but loopback and link-local. Narrow it to your API server's and Fence's addresses (docs/operator-guide.md). The cloud metadata address is always cut out.",
+                            [],
+                            "Anything else the hub must reach, as {name, to: [NetworkPolicy peers], ports}. The cloud metadata address is always cut out.",
                         ),
                     },
                 ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -20,7 +21,7 @@ from traitlets.config import LoggingConfigurable
 
 from gen3workspace.hub.fenceanswers import FenceAnswerError, api_key_answer, jwt_claims
 
-from .flavors import Catalogue, CatalogueError, Flavor, default_catalogue_path, format_memory, shared_watcher, user_may_launch
+from .flavors import Catalogue, CatalogueError, Flavor, default_catalogue_path, format_memory, group_warnings, shared_watcher, user_may_launch
 from .grammar import GrammarError, check_csp_sources, check_no_proxy, check_url_base, short
 
 _templates = Environment(
@@ -65,6 +66,15 @@ def jwt_scope(token: str) -> list[str] | None:
         return scope.split()
     return [str(s) for s in scope] if isinstance(scope, list) else None
 
+
+def fence_group_warnings(authenticator: Any, catalogue: Catalogue) -> list[str]:
+    """allowed_groups with Fence login: Fence fills no groups for policy access (flavors.group_warnings)."""
+    # Fence login is the authenticator with authz_groups (Gen3OAuthenticator); the dev login
+    # and other authenticators fill groups themselves.
+    if authenticator is None or not hasattr(authenticator, "authz_groups"):
+        return []
+    known = set(getattr(authenticator, "authz_groups", {}).values()) | set(getattr(authenticator, "admin_groups", ()) or ())
+    return group_warnings(catalogue, known)
 
 class FlavorError(web.HTTPError):
     """A flavor request the user cannot have: a 4xx with a message the user can act on.
@@ -299,8 +309,12 @@ class Gen3SpawnerMixin(LoggingConfigurable):
     # --- the catalogue and who may launch what ----------------------------------------
 
     def catalogue(self) -> Catalogue:
+        watcher = shared_watcher(self.flavor_file, self.log)
+        if watcher.warnings is None:
+            # The authenticator, not this spawner: the watcher outlives every user's spawner.
+            watcher.warnings = functools.partial(fence_group_warnings, self.authenticator)
         try:
-            return shared_watcher(self.flavor_file, self.log).current()
+            return watcher.current()
         except CatalogueError as e:
             self.log.error("%s", e)
             raise web.HTTPError(503, "The flavor catalogue could not be loaded; the workspace administrators have been told in the hub log.") from None

@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import jsonschema
 
@@ -103,7 +103,9 @@ FLAVOR_SCHEMA: dict[str, Any] = {
             "type": "array",
             "maxItems": 256,
             "items": grammar.string(grammar.TEXT_LINE, 256, minLength=1),
-            "description": "Only members of one of these groups (synced from Fence) may launch it. "
+            "description": "Only members of one of these hub groups may launch it. With Fence login "
+            "groups come from userinfo `groups`, which Fence leaves empty for access granted by "
+            "arborist policies, and from authz_groups: prefer authz_resource (validate and the hub warn). "
             "Empty or absent: every user with workspace access.",
         },
         "authz_resource": {
@@ -221,6 +223,7 @@ class Flavor:
             "memory": format_memory(self.memory_limit_bytes),
             "gpu": self.gpu,
             "restricted_to": list(self.allowed_groups),
+            "authz_resource": self.authz_resource,
         }
 
 
@@ -353,6 +356,31 @@ def parse_catalogue(text: str | bytes, source: str) -> Catalogue:
     return validate_catalogue(data, source)
 
 
+# Why allowed_groups does not work with Fence login; said wherever the catalogue is checked.
+FENCE_GROUPS_WHY = (
+    "with Fence login a user's groups come from Fence's userinfo `groups`, which Fence leaves empty for "
+    "access granted by arborist policies (user.yaml), so nobody may be offered this flavor; restrict it by "
+    "arborist resource instead (authz_resource: /workspace-flavors/gpu, outside /workspace, granted by a "
+    "policy such as workspace-gpu), or have the hub make the group from a resource (authz_groups; chart: "
+    "auth.authzGroups)"
+)
+
+
+def group_warnings(catalogue: Catalogue, known_groups: Iterable[str] = ()) -> list[str]:
+    """One warning per flavor whose allowed_groups names a group Fence login never fills.
+
+    `known_groups`: groups the hub fills itself (authz_groups' values, admin groups), which
+    allowed_groups may name without a warning.
+    """
+    known = set(known_groups)
+    warnings = []
+    for flavor in catalogue.flavors:
+        unknown = [g for g in flavor.allowed_groups if g not in known]
+        if unknown:
+            warnings.append(f'{catalogue.source}: flavor "{flavor.name}", field \'allowed_groups\' ({", ".join(unknown)}): {FENCE_GROUPS_WHY}')
+    return warnings
+
+
 class CatalogueWatcher:
     """Serves the last good catalogue of one file and picks up edits without a restart.
 
@@ -368,6 +396,9 @@ class CatalogueWatcher:
         self._bad_digest: str | None = None
         self._good: Catalogue | None = None
         self.last_error: str | None = None
+        # Set by whoever knows the login (the hub's config or its spawner): warnings about a
+        # valid catalogue, logged once per version (at the first load and at each reload).
+        self.warnings: Callable[[Catalogue], list[str]] | None = None
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
@@ -407,6 +438,8 @@ class CatalogueWatcher:
         if self._good is not None:
             self.log.info("Flavor catalogue %s reloaded: %s", self.path, ", ".join(f.name for f in catalogue.flavors))
         self._good, self._digest, self._bad_digest, self.last_error = catalogue, digest, None, None
+        for warning in self.warnings(catalogue) if self.warnings else ():
+            self.log.warning("Flavor catalogue: %s", warning)
 
     def _fail(self, message: str, digest: str) -> None:
         if digest == self._bad_digest:

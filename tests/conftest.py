@@ -63,7 +63,8 @@ def _no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 def make_fence() -> FenceStandIn:
     fence = FenceStandIn()
     fence.add_user("alice", groups=["analysts"])
-    fence.add_user("gpu-gabi", groups=["gpu-users"])
+    # As real Fence answers for the user.yaml policy workspace-gpu: the resource in authz, no group.
+    fence.add_user("gpu-gabi", authz={**WORKSPACE_AUTHZ, "/workspace-flavors/gpu": WORKSPACE_AUTHZ["/workspace"]})
     fence.add_user("nobody-ned", authz={"/programs/open": [{"service": "peregrine", "method": "read"}]})
     fence.add_user("admin-ada", is_admin=True)
     return fence

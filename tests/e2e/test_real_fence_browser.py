@@ -12,7 +12,7 @@ import pytest
 import requests
 from playwright.sync_api import Page, expect
 
-from gen3workspace.spawner.flavors import default_catalogue_path
+from gen3workspace.spawner.flavors import default_catalogue_path, load_catalogue
 from tests.support.browser import log_in_real_fence, open_notebook, run_in_notebook, screenshot_path, start_flavor, stop_server
 from tests.support.hub import Hub
 from tests.support.realfence import FenceBed
@@ -23,12 +23,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def hub(real_fence: FenceBed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     tmp = tmp_path_factory.mktemp("realfence-e2e")
-    # The GPU flavor restricted the documented way for a commons: by arborist resource.
-    flavors = tmp / "flavors.yaml"
-    example = default_catalogue_path().read_text()
-    assert "    allowed_groups: [gpu-users]\n" in example
-    flavors.write_text(example.replace("    allowed_groups: [gpu-users]\n", "    authz_resource: /workspace-flavors/gpu\n"))
-    h = Hub(tmp, extra_args=["--commons-name", "Real Fence Commons", "--flavors", str(flavors)])
+    # The shipped example catalogue as it is: its GPU flavor is restricted by arborist resource.
+    h = Hub(tmp, extra_args=["--commons-name", "Real Fence Commons", "--flavors", str(default_catalogue_path())])
     # Logout ends at the hub's own login page: allowed because it is the client's redirect host.
     h.extra_args += ["--portal-url", h.url]
     h.fence = real_fence.register_hub("workspace-e2e", h.url)
@@ -62,16 +58,33 @@ def test_login_spawn_sdk_against_real_fence_then_stop_revokes_the_key(page: Page
     assert key["api_key"] not in hub.log()
 
 
-def test_flavor_access_by_arborist_resource(hub: Hub) -> None:
+def test_the_example_gpu_flavor_is_offered_by_the_workspace_gpu_policy(hub: Hub, real_fence: FenceBed) -> None:
+    example = load_catalogue(default_catalogue_path())
+    gpu = example.get("python-gpu")
+    assert gpu and gpu.authz_resource == "/workspace-flavors/gpu" and not gpu.allowed_groups, "the shipped example restricts by resource"
+    assert real_fence.user_yaml()["users"]["gpu-gabi"]["policies"] == ["workspace", "workspace-gpu"]
+    assert real_fence.user_yaml()["users"]["test"]["policies"] == ["workspace"]
     # userinfo `groups` is empty for both; only gpu-gabi holds /workspace-flavors/gpu in arborist.
-    for user, sees_gpu in (("gpu-gabi", True), ("alice", False)):
+    bearer = {}
+    for user, sees_gpu in (("gpu-gabi", True), ("test", False)):
         s, r = hub.login(user)
         assert r.status_code == 200, r.text[:300]
         form = s.get(f"{hub.url}hub/spawn", timeout=30).text
         assert ('value="python-gpu"' in form) is sees_gpu, user
         assert hub.user_model(user)["groups"] == []
-    r = hub.api("POST", "users/alice/server", json={"flavor": "python-gpu"})
+        # The portal's options API: a Fence access token of the user, as revproxy forwards it.
+        bearer[user] = requests.Session()
+        bearer[user].headers["Authorization"] = f"bearer {hub.api('GET', f'users/{user}').json()['auth_state']['access_token']}"
+        options = bearer[user].get(f"{hub.url}lw-workspace/options", timeout=30)
+        assert options.status_code == 200, options.text[:300]
+        assert ("python-gpu" in [o["id"] for o in options.json()]) is sees_gpu, (user, options.json())
+    # A forged launch of the GPU flavor by the user without the policy, and through the hub's API: refused.
+    # ("test", not alice: the other tests of this module use alice's server.)
+    forged = bearer["test"].post(f"{hub.url}lw-workspace/launch?id=python-gpu", timeout=60)
+    assert forged.status_code == 403 and "not allowed to launch the flavor 'python-gpu'" in forged.text, forged.text[:300]
+    r = hub.api("POST", "users/test/server", json={"flavor": "python-gpu"})
     assert r.status_code == 403 and "not allowed" in r.json()["message"]
+    assert hub.user_model("test")["servers"] == {}, "nothing started"
 
 
 def test_user_without_the_policy_gets_our_403_page(page: Page, hub: Hub, real_fence: FenceBed) -> None:

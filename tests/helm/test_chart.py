@@ -47,7 +47,7 @@ KUBESPAWNER_POD_LABELS = {"component": "singleuser-server", "app.kubernetes.io/c
 def test_the_matrix_covers_the_issue() -> None:
     assert set(VALUES_FILES) >= {
         "defaults.yaml", "external-db.yaml", "ingress.yaml", "gpu-flavor.yaml",
-        "egress-off.yaml", "custom-whitelist.yaml", "existing-secret.yaml",
+        "egress-off.yaml", "custom-whitelist.yaml", "existing-secret.yaml", "hub-existing-secret.yaml",
     }
 
 
@@ -158,15 +158,16 @@ def test_rbac_is_namespaced_and_minimal(values: str) -> None:
     assert not find_all(docs, "ClusterRole") and not find_all(docs, "ClusterRoleBinding")
     user_ns = hub_config(docs)["spawner"]["namespace"]
     assert user_ns != NAMESPACE, "users' servers must not share the release namespace"
-    assert [r["metadata"]["namespace"] for r in find_all(docs, "Role")] == [user_ns], "no Role in the release namespace"
-    role = find(docs, "Role")
+    keys_role = f"{FULLNAME}-hub-keys"
+    assert [r["metadata"]["namespace"] for r in find_all(docs, "Role") if r["metadata"]["name"] != keys_role] == [user_ns], "only the keys Role in the release namespace"
+    role = find(docs, "Role", f"{FULLNAME}-hub")
     # Exactly what KubeSpawner and spawner/kube.py call: no list/watch on Secrets, no PVC delete.
     granted = {(res, verb) for rule in role["rules"] for res in rule["resources"] for verb in rule["verbs"]}
     assert granted == ROLE_VERBS
     for rule in role["rules"]:
         assert rule["apiGroups"] == [""], rule
         assert not rule.get("nonResourceURLs") and not rule.get("resourceNames"), rule
-    binding = find(docs, "RoleBinding")
+    binding = find(docs, "RoleBinding", f"{FULLNAME}-hub")
     assert binding["metadata"]["namespace"] == user_ns
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
     hub_sa = find(docs, "Deployment", f"{FULLNAME}-hub")["spec"]["template"]["spec"]["serviceAccountName"]
@@ -202,7 +203,7 @@ def test_a_namespace_the_operator_made_is_used_as_it_is() -> None:
     docs = render("external-db-existing-secret.yaml")
     assert not find_all(docs, "Namespace")
     assert hub_config(docs)["spawner"]["namespace"] == "workspace-users-by-hand"
-    assert find(docs, "Role")["metadata"]["namespace"] == "workspace-users-by-hand"
+    assert find(docs, "Role", f"{FULLNAME}-hub")["metadata"]["namespace"] == "workspace-users-by-hand"
 
 
 def test_the_users_namespace_check_refuses_an_existing_namespace_it_does_not_own() -> None:
@@ -433,19 +434,38 @@ def test_the_squid_image_is_pinned_by_digest() -> None:
     assert out.returncode != 0 and "digest" in out.stderr
 
 
+def _hub_egress_addresses(policy: Obj) -> list[tuple[Obj, list[tuple[Any, str]]]]:
+    return [(peer["ipBlock"], _ports(rule)) for rule in policy["spec"]["egress"] for peer in rule["to"] if "ipBlock" in peer]
+
+
+# A sample of every private, shared, loopback and link-local range; none may be reachable from
+# the hub by default except the API server's own addresses.
+PRIVATE_SAMPLES = ["10.0.0.1", "10.255.1.2", "172.16.0.10", "172.31.255.1", "192.168.0.1", "192.168.200.9", "100.64.0.1", "127.0.0.1", "169.254.169.254", "169.254.10.1"]
+
+
 @pytest.mark.parametrize("values", VALUES_FILES)
 def test_hub_egress_is_what_it_talks_to(values: str) -> None:
     docs = render(values)
+    if not find_all(docs, "NetworkPolicy"):
+        return
     policy = find(docs, "NetworkPolicy", f"{FULLNAME}-hub")
     user_ns = hub_config(docs)["spawner"]["namespace"]
-    values_tree = yaml.safe_load((VALUES_DIR / values).read_text(encoding="utf-8"))
+    tree = yaml.safe_load((VALUES_DIR / values).read_text(encoding="utf-8"))
     chart_defaults = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
-    listed = ((values_tree.get("networkPolicy") or {}).get("hub") or {}).get("allowedEgress") or chart_defaults["networkPolicy"]["hub"]["allowedEgress"]
+    hub = chart_defaults["networkPolicy"]["hub"] | ((tree.get("networkPolicy") or {}).get("hub") or {})
+    api = chart_defaults["networkPolicy"]["hub"]["apiServer"] | hub["apiServer"]
+    fence = chart_defaults["networkPolicy"]["hub"]["fence"] | (hub.get("fence") or {})
+    external_db = ((tree.get("hub") or {}).get("db") or {}).get("type") == "external"
     dns = chart_defaults["networkPolicy"]["dns"]
     seen = []
     for rule in policy["spec"]["egress"]:
         assert rule.get("to") and rule.get("ports"), f"egress without a destination or a port: {rule}"
-        for peer in rule["to"]:
+        peers = rule["to"]
+        if all("ipBlock" in p and p["ipBlock"]["cidr"] in api["cidrs"] for p in peers):
+            assert sorted(p["ipBlock"]["cidr"] for p in peers) == sorted(api["cidrs"]) and not any(p["ipBlock"].get("except") for p in peers)
+            seen.append(("api server", _ports(rule)))
+            continue
+        for peer in peers:
             if _peer_is(peer, _pod_labels(docs, f"{FULLNAME}-proxy"), NAMESPACE, NAMESPACE):
                 # The engine has no API: the hub never calls it.
                 seen.append(("proxy", _ports(rule)))
@@ -453,17 +473,56 @@ def test_hub_egress_is_what_it_talks_to(values: str) -> None:
                 seen.append(("servers", _ports(rule)))
             elif peer.get("podSelector") == dns["podSelector"]:
                 seen.append(("dns", _ports(rule)))
+            elif fence["to"] and any(_same_peer(peer, want) for want in fence["to"]):
+                seen.append(("fence", _ports(rule)))
+            elif not fence["to"] and peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0":
+                assert peer["ipBlock"]["except"] == NON_PUBLIC_V4, "Fence by default: the public internet only"
+                seen.append(("fence", _ports(rule)))
+            elif external_db and any(_same_peer(peer, want) for want in hub["database"]["to"]):
+                seen.append(("database", _ports(rule)))
             else:
-                entry = next(e for e in listed if any(_same_peer(peer, want) for want in e["to"]))
+                entry = next(e for e in hub["allowedEgress"] if any(_same_peer(peer, want) for want in e["to"]))
                 assert _ports(rule) == _ports(entry)
                 seen.append((entry["name"], _ports(rule)))
     expected = [("servers", [("notebook-port", "TCP")]), ("dns", [(53, "TCP"), (53, "UDP")])]
-    expected += [(e["name"], _ports(e)) for e in listed]
+    expected += [("api server", sorted((p, "TCP") for p in api["ports"])), ("fence", sorted((p, "TCP") for p in fence["ports"]))]
+    if external_db:
+        expected.append(("database", [(5432, "TCP")]))
+    expected += [(e["name"], _ports(e)) for e in hub["allowedEgress"]]
     assert sorted(map(repr, seen)) == sorted(map(repr, expected))
-    if values == "defaults.yaml":
-        # By default: ports 443 and 6443 only, and never loopback or link-local.
-        block = next(p["ipBlock"] for r in policy["spec"]["egress"] for p in r["to"] if "ipBlock" in p)
-        assert set(block["except"]) >= {"127.0.0.0/8", "169.254.0.0/16"}
+
+
+def test_hub_egress_denies_every_private_range_but_the_api_server() -> None:
+    """The render itself: no ipBlock of the hub's policy lets a private address through, on any port, but the API server's."""
+    policy = find(render("defaults.yaml"), "NetworkPolicy", f"{FULLNAME}-hub")
+    api_server = {ipaddress.ip_address("10.96.0.1"), ipaddress.ip_address("192.168.49.2")}
+    for sample in map(ipaddress.ip_address, PRIVATE_SAMPLES):
+        allowed = [(block, ports) for block, ports in _hub_egress_addresses(policy) if ip_block_allows(block, sample)]
+        if sample in api_server:
+            assert [ports for _, ports in allowed] == [[(443, "TCP"), (6443, "TCP")]], sample
+        else:
+            assert allowed == [], f"the hub may reach private address {sample}: {allowed}"
+    # Fence by default: the public internet on 443 only.
+    public = ipaddress.ip_address("198.51.100.10")
+    assert [ports for block, ports in _hub_egress_addresses(policy) if ip_block_allows(block, public)] == [[(443, "TCP")]]
+
+
+def test_hub_egress_needs_the_api_server_address_where_it_cannot_be_looked_up() -> None:
+    out = template_text("defaults.yaml", overrides={"networkPolicy": {"hub": {"apiServer": {"cidrs": []}}}})
+    assert out.returncode != 0
+    assert "networkPolicy.hub.apiServer.cidrs is required" in out.stderr and "kubectl get endpoints kubernetes" in out.stderr
+    off = template_text("defaults.yaml", overrides={"networkPolicy": {"enabled": False, "hub": {"apiServer": {"cidrs": []}}}})
+    assert off.returncode == 0, off.stderr
+    db = template_text("external-db.yaml", overrides={"networkPolicy": {"hub": {"database": {"to": []}}}})
+    assert db.returncode != 0 and "networkPolicy.hub.database.to is required with hub.db.type=external" in db.stderr
+
+
+def test_hub_egress_to_an_in_cluster_fence_by_selector() -> None:
+    peer = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "default"}}, "podSelector": {"matchLabels": {"app": "revproxy"}}}
+    policy = find(render("defaults.yaml", overrides={"networkPolicy": {"hub": {"fence": {"to": [peer], "ports": [80, 443]}}}}), "NetworkPolicy", f"{FULLNAME}-hub")
+    rules = [r for r in policy["spec"]["egress"] if peer in r["to"]]
+    assert [_ports(r) for r in rules] == [[(80, "TCP"), (443, "TCP")]]
+    assert not [b for b, _ in _hub_egress_addresses(policy) if b["cidr"] == "0.0.0.0/0"], "no internet when Fence is in the cluster"
 
 
 # ---- hub, flavors, secrets ---------------------------------------------------------------------
@@ -486,7 +545,7 @@ def test_gpu_flavor_catalogue_renders_for_the_hub() -> None:
     rendered = yaml.safe_load(find(docs, "ConfigMap", f"{FULLNAME}-flavors")["data"]["flavors.yaml"])
     catalogue = validate_catalogue(rendered, "rendered ConfigMap")
     a100 = catalogue.get("a100")
-    assert a100 and a100.gpu == 2 and a100.allowed_groups == ("gpu-users",) and a100.authz_resource == "/workspace/gpu"
+    assert a100 and a100.gpu == 2 and a100.allowed_groups == ("gpu-users",) and a100.authz_resource == "/workspace-flavors/gpu"
 
 
 def test_flavors_are_mounted_as_a_directory_where_the_hub_reads_them() -> None:
@@ -534,31 +593,42 @@ def _secret_data(docs: list[Obj]) -> dict[str, str]:
     import base64
 
     secret = find(docs, "Secret", f"{FULLNAME}-hub")
-    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
 
 
 def _env(pod: Obj) -> dict[str, Obj]:
     return {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
 
 
-def test_hub_secret_generates_keys_and_carries_the_client_secret() -> None:
+GENERATED_ENV = ("GEN3WS_COOKIE_SECRET", "JUPYTERHUB_CRYPT_KEY")
+
+
+def test_hub_secret_carries_what_the_operator_gives_and_no_generated_key() -> None:
     docs = render("defaults.yaml")
     data = _secret_data(docs)
-    for key in ("cookie-secret", "crypt-key"):
-        assert re.fullmatch(r"[0-9a-f]{64}", data[key]), key
-    assert len({data["cookie-secret"], data["crypt-key"]}) == 2
-    # The engine has no API and so no token (configurable-http-proxy's is gone).
-    assert "proxy-token" not in data
-    assert data["client-secret"] == "not-a-real-secret"
+    assert data == {"client-secret": "not-a-real-secret"}, "no generated key in the render: the hub makes them"
     env = _env(_hub_pod(docs))
-    for name, key in (("GEN3WS_CLIENT_SECRET", "client-secret"), ("GEN3WS_COOKIE_SECRET", "cookie-secret"), ("JUPYTERHUB_CRYPT_KEY", "crypt-key")):
-        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": f"{FULLNAME}-hub", "key": key}
+    assert env["GEN3WS_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"] == {"name": f"{FULLNAME}-hub", "key": "client-secret"}
+    assert not [name for name in GENERATED_ENV if name in env], "the hub reads its generated keys itself"
+    assert hub_config(docs)["hub"]["generatedKeys"] == {"secret": f"{FULLNAME}-hub", "namespace": NAMESPACE}
+    # The engine has no API and so no token (configurable-http-proxy's is gone).
     assert "CONFIGPROXY_AUTH_TOKEN" not in env
     assert not find(docs, "Deployment", f"{FULLNAME}-proxy")["spec"]["template"]["spec"]["containers"][0].get("env")
-    # No secret in the ConfigMap the hub reads.
-    config_text = find(docs, "ConfigMap", f"{FULLNAME}-hub-config")["data"]["config.yaml"]
-    for value in data.values():
-        assert value not in config_text
+    # The hub may read and patch that one Secret in the release namespace, nothing else there.
+    keys_role = find(docs, "Role", f"{FULLNAME}-hub-keys")
+    assert keys_role["metadata"]["namespace"] == NAMESPACE
+    assert keys_role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [f"{FULLNAME}-hub"], "verbs": ["get", "patch"]}]
+
+
+@pytest.mark.parametrize("values", ["defaults.yaml", "existing-secret.yaml", "hub-existing-secret.yaml", "external-db.yaml"])
+def test_helm_template_twice_renders_the_same_secrets(values: str) -> None:
+    """GitOps (Argo CD) renders with helm template and no cluster: every render must be the same."""
+    first, second = template_text(values), template_text(values)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    docs = [d for d in yaml.safe_load_all(first.stdout) if d]
+    for secret in find_all(docs, "Secret"):
+        assert not set(secret.get("data") or {}) & {"cookie-secret", "crypt-key", "proxy-token"}, secret["metadata"]["name"]
 
 
 def test_existing_secret_is_used_for_the_client_secret() -> None:
@@ -569,14 +639,26 @@ def test_existing_secret_is_used_for_the_client_secret() -> None:
     assert env["TZ"] == {"name": "TZ", "value": "UTC"}
 
 
-def test_generated_keys_are_kept_across_upgrades_with_lookup() -> None:
-    """Without a cluster lookup returns nothing; the template must still reuse what it finds."""
+def test_hub_existing_secret_gives_every_key_and_nothing_is_generated() -> None:
+    docs = render("hub-existing-secret.yaml")
+    env = _env(_hub_pod(docs))
+    refs = {name: env[name]["valueFrom"]["secretKeyRef"] for name in (*GENERATED_ENV, "GEN3WS_CLIENT_SECRET")}
+    assert refs == {
+        "GEN3WS_COOKIE_SECRET": {"name": "workspace-keys", "key": "cookie"},
+        "JUPYTERHUB_CRYPT_KEY": {"name": "workspace-keys", "key": "crypt"},
+        "GEN3WS_CLIENT_SECRET": {"name": "workspace-keys", "key": "client-secret"},
+    }
+    assert _secret_data(docs) == {}, "the chart's Secret holds nothing the operator's gives"
+    assert hub_config(docs)["hub"]["generatedKeys"] == {}
+    assert [r["metadata"]["name"] for r in find_all(docs, "Role")] == [f"{FULLNAME}-hub"], "no right on the release namespace's Secrets"
+
+
+def test_generated_keys_an_older_release_stored_are_kept_on_upgrade() -> None:
+    """With a cluster (helm upgrade), keys already in the Secret are rendered as they are, so helm's merge keeps them."""
     text = (CHART / "templates" / "hub" / "secret.yaml").read_text(encoding="utf-8")
     assert re.search(r'lookup "v1" "Secret" \.Release\.Namespace \$name', text)
-    assert re.search(r'hasKey \$old \$key', text) and re.search(r"index \$old \$key", text)
-    # And each render without a cluster invents new keys, which is why they stay out of checksums.
-    a, b = _secret_data(render("defaults.yaml", overrides={"culler": {"every": 601}})), _secret_data(render("defaults.yaml", overrides={"culler": {"every": 602}}))
-    assert a["cookie-secret"] != b["cookie-secret"]
+    assert re.search(r"hasKey \$old \$key", text) and re.search(r"index \$old \$key", text)
+    assert not re.search(r"\b(rand(AlphaNum|Alpha|Numeric|Ascii|Bytes|Int)|uuidv4|genPrivateKey)\b", text), "the chart must never generate a value: each render would differ"
 
 
 def test_sqlite_on_a_pvc_by_default() -> None:
@@ -700,11 +782,23 @@ def test_notes_tell_the_operator_what_to_do_next() -> None:
     assert "egress proxy is disabled" in off and "no internet access" in off
 
 
+def test_notes_warn_about_a_flavor_restricted_by_a_group_fence_never_fills(tmp_path: Path) -> None:
+    assert "WARNING: flavor" not in notes_text("defaults.yaml"), "the default catalogue restricts by resource"
+    assert "WARNING: flavor" not in notes_text("gpu-flavor.yaml"), "auth.authzGroups makes gpu-users"
+    grouped = yaml.safe_load((VALUES_DIR / "gpu-flavor.yaml").read_text(encoding="utf-8"))
+    grouped["auth"]["authzGroups"] = {}
+    path = tmp_path / "grouped.yaml"
+    path.write_text(yaml.safe_dump(grouped), encoding="utf-8")
+    notes = notes_text(str(path))
+    assert 'WARNING: flavor "a100" is restricted by allowed_groups (gpu-users)' in notes
+    assert "`groups` is empty for access granted by arborist policies" in notes
+
+
 def test_release_name_and_namespace_are_what_the_helpers_assume() -> None:
     docs = render("defaults.yaml")
     user_ns = f"{NAMESPACE}-workspace-users"
     assert all(d["metadata"].get("namespace") == NAMESPACE for d in docs if d["kind"] not in ("Namespace", "Role", "RoleBinding") and d["metadata"]["name"] != f"{FULLNAME}-notebooks")
-    assert {d["metadata"].get("namespace") for d in docs if d["kind"] in ("Role", "RoleBinding")} == {user_ns}
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] in ("Role", "RoleBinding") and not d["metadata"]["name"].endswith("-hub-keys")} == {user_ns}
     assert hub_config(docs)["release"] == {"name": RELEASE, "namespace": NAMESPACE}
     json.dumps(docs)  # every object is plain data
     assert Path(CHART / "Chart.yaml").exists()

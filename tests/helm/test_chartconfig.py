@@ -146,7 +146,7 @@ def test_auth_settings(tmp_path: Path) -> None:
     overrides = {
         "auth": {
             "adminGroups": ["admins", "ops"],
-            "authzGroups": {"/workspace/gpu": "gpu-users"},
+            "authzGroups": {"/workspace-flavors/gpu": "gpu-users"},
             "workspace": {"required": False, "resource": "/programs/ws", "method": "use"},
             "logoutRedirectUrl": "https://data.example.org/goodbye",
         },
@@ -156,7 +156,7 @@ def test_auth_settings(tmp_path: Path) -> None:
     c = _apply(tmp_path, overrides=overrides)
     auth = c.Gen3OAuthenticator
     assert auth.admin_groups == {"admins", "ops"}
-    assert auth.authz_groups == {"/workspace/gpu": "gpu-users"}
+    assert auth.authz_groups == {"/workspace-flavors/gpu": "gpu-users"}
     assert auth.require_workspace_permission is False
     assert (auth.workspace_resource, auth.workspace_method) == ("/programs/ws", "use")
     assert auth.logout_redirect_url == auth.post_logout_url == "https://data.example.org/goodbye"
@@ -198,7 +198,8 @@ def test_existing_secret_values_file(tmp_path: Path) -> None:
 
 
 def test_missing_secrets_leave_traits_unset(tmp_path: Path) -> None:
-    c = _apply(tmp_path, env={})
+    # hub.existingSecret: nothing is generated, so what the env lacks stays unset.
+    c = _apply(tmp_path, "hub-existing-secret.yaml", env={})
     for section, trait in (("Gen3OAuthenticator", "client_secret"), ("JupyterHub", "cookie_secret"), ("CryptKeeper", "keys")):
         assert trait not in c[section], f"{section}.{trait}"
 
@@ -223,7 +224,7 @@ def test_errors_name_the_setting(tmp_path: Path) -> None:
     with pytest.raises(ChartConfigError, match="hub.db.url"):
         apply(Config(), no_db, environ={})
     with pytest.raises(ChartConfigError, match="not hex"):
-        apply(Config(), _rendered_config(tmp_path, "defaults.yaml"), environ={"GEN3WS_COOKIE_SECRET": "zz"})
+        apply(Config(), _rendered_config(tmp_path, "defaults.yaml"), environ={**ENV, "GEN3WS_COOKIE_SECRET": "zz"})
 
 
 def test_the_traits_set_exist_on_the_classes(tmp_path: Path) -> None:
@@ -297,3 +298,31 @@ def test_portal_launcher_isolation_and_cookies(tmp_path: Path) -> None:
     assert c.Gen3Launcher.idle_timeout_seconds == 3600
     # Frame ancestors (CSP) stay merged with the cookie options.
     assert "frame-ancestors" in c.JupyterHub.tornado_settings["headers"]["Content-Security-Policy"]
+
+
+def test_the_hub_warns_at_start_about_a_flavor_restricted_by_group(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    def start(authz_groups: dict[str, str]) -> list[str]:
+        run = tmp_path / f"run-{len(authz_groups)}"
+        run.mkdir()
+        flavors = run / "flavors.yaml"
+        flavors.write_text(yaml.safe_dump({
+            "default": "small",
+            "flavors": [
+                {"name": "small", "image": "quay.io/gen3-workspace/notebook-python:0.1.0", "cpu": {"limit": 1}, "memory": {"limit": "1Gi"}},
+                {"name": "gpu", "image": "quay.io/gen3-workspace/notebook-python:0.1.0", "cpu": {"limit": 1}, "memory": {"limit": "1Gi"}, "allowed_groups": ["gpu-users"]},
+            ],
+        }))
+        config = yaml.safe_load(_rendered_config(run, "defaults.yaml", {"auth": {"authzGroups": authz_groups}}).read_text())
+        config["spawner"]["flavorFile"] = str(flavors)
+        path = run / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="JupyterHub"):
+            apply(Config(), path, environ=ENV)
+        return [r.getMessage() for r in caplog.records if r.name == "JupyterHub" and r.levelno == logging.WARNING]
+
+    (warning,) = start({})
+    assert 'flavor "gpu", field \'allowed_groups\' (gpu-users)' in warning and "empty for access granted by arborist policies" in warning
+    assert start({"/workspace-flavors/gpu": "gpu-users"}) == [], "auth.authzGroups makes the group: no warning"

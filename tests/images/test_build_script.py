@@ -39,10 +39,18 @@ def fake_docker(tmp_path: Path) -> dict[str, Path]:
     return {"bin": bin_dir, "log": tmp_path / "docker.log"}
 
 
-def run_build(fake: dict[str, Path] | None, *args: str, **env_overrides: str) -> subprocess.CompletedProcess[str]:
+# What a release's CI gives for the notebook bases, whose committed default carries the
+# placeholder digest (build.sh refuses it; see test_unpinned_images_are_refused_before_any_build).
+RELEASE_BASES = {
+    "NOTEBOOK_PYTHON_BASE_IMAGE": "quay.io/jupyter/scipy-notebook:2025-07-07@sha256:" + "a" * 64,
+    "NOTEBOOK_R_BASE_IMAGE": "quay.io/jupyter/r-notebook:2025-07-07@sha256:" + "d" * 64,
+}
+
+
+def run_build(fake: dict[str, Path] | None, *args: str, release_bases: bool = True, **env_overrides: str) -> subprocess.CompletedProcess[str]:
     if shutil.which("bash") is None:
         pytest.skip("bash is needed for images/build.sh")
-    env = {"PATH": BASE_PATH, "HOME": os.environ.get("HOME", "/tmp")}
+    env = {"PATH": BASE_PATH, "HOME": os.environ.get("HOME", "/tmp"), **(RELEASE_BASES if release_bases else {})}
     if fake is not None:
         env["PATH"] = f"{fake['bin']}{os.pathsep}{BASE_PATH}"
         env["FAKE_DOCKER_LOG"] = str(fake["log"])
@@ -107,6 +115,31 @@ def test_builds_all_images_with_the_default_registry_and_project_version(fake_do
     assert "--build-arg BASE_IMAGE=quay.io/jupyter/scipy-notebook:" in python
     assert "--build-arg BASE_IMAGE=quay.io/jupyter/r-notebook:" in r
     assert not any(c.startswith("push") for c in calls(fake_docker))
+
+
+@pytest.mark.parametrize(
+    "target,env,says",
+    [
+        ("notebook-python", {}, "NOTEBOOK_PYTHON_BASE_IMAGE 'quay.io/jupyter/scipy-notebook:2025-07-07' still has the placeholder digest"),
+        ("notebook-r", {}, "docker buildx imagetools inspect quay.io/jupyter/r-notebook:2025-07-07"),
+        ("hub", {"HUB_PYTHON_IMAGE": "python:3.11.13-slim-bookworm"}, "HUB_PYTHON_IMAGE 'python:3.11.13-slim-bookworm' is not pinned by digest"),
+        ("notebook-python", {"NOTEBOOK_PYTHON_BASE_IMAGE": "quay.io/jupyter/scipy-notebook@sha256:" + "a" * 64}, "is not pinned by digest"),
+        ("notebook-r", {"NOTEBOOK_R_BASE_IMAGE": RELEASE_BASES["NOTEBOOK_R_BASE_IMAGE"], "NOTEBOOK_GO_IMAGE": "golang:1.26.8-bookworm"}, "NOTEBOOK_GO_IMAGE 'golang:1.26.8-bookworm' is not pinned"),
+    ],
+)
+def test_unpinned_images_are_refused_before_any_build(fake_docker: dict[str, Path], target: str, env: dict[str, str], says: str) -> None:
+    result = run_build(fake_docker, target, release_bases=False, **env)
+
+    assert result.returncode == 64
+    assert says in result.stderr
+    assert calls(fake_docker) == [], "nothing ran, not even docker info"
+
+
+def test_the_committed_hub_base_passes_the_pin_check(fake_docker: dict[str, Path]) -> None:
+    result = run_build(fake_docker, "hub", release_bases=False)
+
+    assert result.returncode == 0, result.stderr
+    assert list(builds(fake_docker)) == [f"quay.io/gen3-workspace/hub:{project_version()}"]
 
 
 def test_registry_and_tag_come_from_the_environment(fake_docker: dict[str, Path]) -> None:

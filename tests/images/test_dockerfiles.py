@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.images.helpers import IMAGES, REPO_ROOT
-from tests.support.notebook_image import instructions
+from tests.support.notebook_image import global_args, instructions
 
 NOTEBOOK_DOCKERFILE = IMAGES / "notebook" / "Dockerfile"
 HUB_DOCKERFILE = IMAGES / "hub" / "Dockerfile"
@@ -73,10 +73,107 @@ def test_hadolint_fails_on_a_bad_dockerfile(tmp_path: Path) -> None:
     assert "DL3006" in result.stdout  # untagged base image
 
 
+# --- pins: every image by digest, every install by hash -------------------------------------
+
+PINNED_IMAGE = re.compile(r"[^@\s]+:[^@\s]+@sha256:[0-9a-f]{64}")
+# A package installer; each must check hashes (pip and uv: --require-hashes and a hashed lock).
+PIP_INSTALL = re.compile(r"\b(?:pip3?|uv pip|python3? -m pip)\s+install\b")
+NETWORK_FETCH = re.compile(r"\b(?:curl|wget)\b")
+
+
+def _expand(value: str, args: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), m.group(0)), value)
+
+
+def pin_problems(dockerfile: Path) -> list[str]:
+    """What in a Dockerfile is not pinned: a base image (after ARG defaults) or BuildKit frontend without @sha256, a pip or uv install without --require-hashes, a download without a checksum.
+
+    hadolint cannot see through `FROM ${ARG}` and does not ask for digests or hashes, hence this.
+    """
+    problems: list[str] = []
+    first = dockerfile.read_text(encoding="utf-8").splitlines()[:1]
+    syntax = re.fullmatch(r"#\s*syntax\s*=\s*(\S+)\s*", first[0]) if first else None
+    if syntax and not PINNED_IMAGE.fullmatch(syntax.group(1)):
+        problems.append(f"frontend {syntax.group(1)} (the syntax line) is not pinned by digest")
+    args = global_args(dockerfile)
+    stage_names: set[str] = set()
+    for step in instructions(dockerfile):
+        keyword, _, rest = step.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            words = [w for w in rest.split() if not w.startswith("--")]
+            image = _expand(words[0], args)
+            if len(words) >= 3 and words[1].upper() == "AS":
+                stage_names.add(words[2])
+            if image != "scratch" and image not in stage_names and not PINNED_IMAGE.fullmatch(image):
+                problems.append(f"base image {image} is not pinned by digest (<image>:<tag>@sha256:<digest>)")
+        elif keyword == "ADD" and re.search(r"\bhttps?://", rest) and "--checksum=sha256:" not in rest:
+            problems.append(f"ADD of a URL without --checksum: {rest}")
+        elif keyword == "RUN":
+            for command in re.split(r"&&|;|\|\|", rest):
+                if PIP_INSTALL.search(command) and "--require-hashes" not in command:
+                    problems.append(f"install without --require-hashes: {command.strip()}")
+                if NETWORK_FETCH.search(command) and "sha256sum" not in rest:
+                    problems.append(f"download without a sha256sum check in the same RUN: {command.strip()}")
+    return problems
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_every_base_image_is_pinned_by_digest_and_every_install_by_hash(dockerfile: Path) -> None:
+    assert pin_problems(dockerfile) == []
+
+
+@pytest.mark.parametrize(
+    "text,problem",
+    [
+        ("FROM python:3.11-slim\n", "base image python:3.11-slim is not pinned"),
+        ("ARG BASE=quay.io/jupyter/scipy-notebook:2025-07-07\nFROM ${BASE}\n", "base image quay.io/jupyter/scipy-notebook:2025-07-07 is not pinned"),
+        ("FROM golang@sha256:" + "a" * 64 + " AS build\n", "base image golang@sha256:"),
+        ("# syntax=docker/dockerfile:1\nFROM scratch\n", "frontend docker/dockerfile:1 (the syntax line) is not pinned"),
+        ("FROM python:3.11@sha256:" + "a" * 64 + "\nRUN pip install --no-cache-dir uv==0.13.9\n", "install without --require-hashes: pip install --no-cache-dir uv==0.13.9"),
+        ("FROM python:3.11@sha256:" + "a" * 64 + "\nRUN apt-get update && python -m pip install -r r.txt\n", "install without --require-hashes: python -m pip install -r r.txt"),
+        ("FROM python:3.11@sha256:" + "a" * 64 + "\nRUN uv pip install --system \\\n    requests\n", "install without --require-hashes: uv pip install --system"),
+        ("FROM python:3.11@sha256:" + "a" * 64 + "\nADD https://example.org/tool.tgz /tmp/\n", "ADD of a URL without --checksum"),
+        ("FROM python:3.11@sha256:" + "a" * 64 + "\nRUN curl -fsSL https://example.org/x.sh | sh\n", "download without a sha256sum check"),
+    ],
+)
+def test_the_pin_lint_fails_on_an_unpinned_base_or_an_unhashed_install(tmp_path: Path, text: str, problem: str) -> None:
+    # Guards the lint itself: each bad input gets exactly the problem it has.
+    bad = tmp_path / "Dockerfile"
+    bad.write_text(text, encoding="utf-8")
+    problems = pin_problems(bad)
+    assert len(problems) == 1 and problem in problems[0], problems
+
+
+def test_the_pin_lint_passes_pinned_stages_and_hashed_installs(tmp_path: Path) -> None:
+    good = tmp_path / "Dockerfile"
+    digest = "@sha256:" + "a" * 64
+    good.write_text(
+        f"# syntax=docker/dockerfile:1.7{digest}\nARG PY=python:3.11{digest}\nFROM ${{PY}} AS builder\n"
+        "RUN pip install --no-cache-dir --require-hashes -r /tmp/r.txt\nFROM builder\nFROM scratch\n",
+        encoding="utf-8",
+    )
+    assert pin_problems(good) == []
+
+
 def test_base_images_are_pinned() -> None:
     # hadolint cannot see through `FROM ${ARG}`, so the defaults are checked here.
-    assert re.fullmatch(r"quay\.io/jupyter/scipy-notebook:\d{4}-\d{2}-\d{2}", arg_default(NOTEBOOK_DOCKERFILE, "BASE_IMAGE"))
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+", arg_default(HUB_DOCKERFILE, "PYTHON_IMAGE"))
+    assert re.fullmatch(r"quay\.io/jupyter/scipy-notebook:\d{4}-\d{2}-\d{2}@sha256:[0-9a-f]{64}", arg_default(NOTEBOOK_DOCKERFILE, "BASE_IMAGE"))
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+@sha256:[0-9a-f]{64}", arg_default(HUB_DOCKERFILE, "PYTHON_IMAGE"))
+
+
+def test_the_hub_installs_uv_from_its_hashed_lock() -> None:
+    steps = instructions(HUB_DOCKERFILE)
+    assert "COPY images/hub/requirements-uv.txt /tmp/requirements-uv.txt" in steps
+    assert "RUN pip install --no-cache-dir --no-deps --require-hashes --requirement /tmp/requirements-uv.txt" in steps
+    lock = (IMAGES / "hub" / "requirements-uv.txt").read_text(encoding="utf-8")
+    pinned = re.search(r"^uv==(\S+) \\$", lock, re.MULTILINE)
+    assert pinned and len(re.findall(r"--hash=sha256:[0-9a-f]{64}", lock)) >= 2, "uv pinned with the hashes of its wheels"
+    # The same uv as the developers' lock workflow (uv.lock's header names no version; the
+    # pyproject's required-version does, when set).
+    required = re.search(r'required-version\s*=\s*"[=<>~]*([\d.]+)"', (REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    if required:
+        assert pinned.group(1) == required.group(1)
 
 
 def test_hub_image_runs_as_uid_1000_from_the_lock() -> None:
@@ -131,7 +228,7 @@ def test_gen3_client_is_built_from_the_pinned_commit_not_downloaded() -> None:
     text = NOTEBOOK_DOCKERFILE.read_text(encoding="utf-8")
     assert "dataclient_linux.zip" not in text and "SHA256" not in text, "no release zip, no checksum to fill in"
     assert re.fullmatch(r"[0-9a-f]{40}", arg_default(NOTEBOOK_DOCKERFILE, "GEN3_CLIENT_COMMIT"))
-    assert re.fullmatch(r"golang:\d+\.\d+\.\d+-[a-z]+", arg_default(NOTEBOOK_DOCKERFILE, "GO_IMAGE"))
+    assert re.fullmatch(r"golang:\d+\.\d+\.\d+-[a-z]+@sha256:[0-9a-f]{64}", arg_default(NOTEBOOK_DOCKERFILE, "GO_IMAGE"))
     build = stages(NOTEBOOK_DOCKERFILE)["gen3-client"]
     assert build[0] == "FROM ${GO_IMAGE} AS gen3-client"
     env = next(s for s in build if s.startswith("ENV "))

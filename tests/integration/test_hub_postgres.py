@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.chart_install import chart_configs, chart_engine_config, hub_kubeconfig, install_chart, users_namespace
+from tests.support.chart_install import chart_configs, chart_engine_config, generated_secret_values, hub_kubeconfig, install_chart, users_namespace
 from tests.support.charthub import ChartHub
 from tests.support.fence import FenceStandIn
 from tests.support.kube_fixtures import *  # noqa: F403
@@ -45,6 +45,7 @@ def hub(kube_bed: KubeBed, fence: FenceStandIn, postgres: Postgres, kubelet_thre
         "commons": {"url": fence.url},
         "auth": {"clientId": fence.client_id, "clientSecret": fence.client_secret},
         "hub": {"db": {"type": "external", "url": postgres.url(), "password": postgres.password}},
+        "networkPolicy": {"hub": {"database": {"to": [{"ipBlock": {"cidr": "127.0.0.1/32"}}]}}},
     }
     install_chart(kube_bed, ns, values=values)
     config, flavors = chart_configs(kube_bed, ns)
@@ -59,7 +60,10 @@ def hub(kube_bed: KubeBed, fence: FenceStandIn, postgres: Postgres, kubelet_thre
         # What the chart's hub Secret gives the hub for hub.db.password.
         extra_env={"GEN3WS_DB_PASSWORD": postgres.password},
         engine_conf=chart_engine_config(kube_bed, ns),
+        # As the chart runs it: the hub makes its cookie secret and crypt key in the hub Secret.
+        keys_from_secret=True,
     ).start()
+    h.release_namespace, h.kube_bed = ns, kube_bed  # type: ignore[attr-defined]
     try:
         yield h
     finally:
@@ -80,9 +84,11 @@ def start(hub: ChartHub, user: str) -> None:
 
 
 def test_state_survives_a_hub_restart_on_postgresql(hub: ChartHub, fence: FenceStandIn, postgres: Postgres) -> None:
-    hub.login("alice")
+    alice_session, _ = hub.login("alice")
     start(hub, "alice")
     alice_before = hub.user_model("alice")
+    keys = generated_secret_values(hub.kube_bed, hub.release_namespace)  # type: ignore[attr-defined]
+    assert sorted(k for k in keys if k in ("cookie-secret", "crypt-key")) == ["cookie-secret", "crypt-key"], "the hub stored its keys"
     state_before = hub.api("GET", "users/alice").json()
     assert state_before["auth_state"]["access_token"], "auth state is stored (encrypted) in PostgreSQL"
 
@@ -105,7 +111,12 @@ def test_state_survives_a_hub_restart_on_postgresql(hub: ChartHub, fence: FenceS
     assert {u["name"] for u in hub.api("GET", "users").json()} >= {"alice", "bob"}
     alice = hub.wait_for_server("alice")
     assert alice["servers"][""]["started"] == alice_before["servers"][""]["started"], "the same server, not a new one"
+    # The same crypt key (read back from the Secret): the stored auth state decrypts.
     assert hub.api("GET", "users/alice").json()["auth_state"]["access_token"] == state_before["auth_state"]["access_token"]
+    # The same cookie secret: alice's browser is still logged in.
+    home = alice_session.get(f"{hub.url}hub/home", allow_redirects=False, timeout=30)
+    assert home.status_code == 200 and "alice" in home.text, (home.status_code, home.headers.get("location"))
+    assert generated_secret_values(hub.kube_bed, hub.release_namespace) == keys  # type: ignore[attr-defined]
     bob = hub.api("GET", "users/bob", params={"include_stopped_servers": "1"}).json()
     assert bob["servers"][""]["state"]["gen3_pending_revocations"] == [bob_key]
 

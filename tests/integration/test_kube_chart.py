@@ -14,8 +14,10 @@ import yaml
 from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 
+from gen3workspace.hub import chartconfig
 from tests.helm.chart import BAD_VALUES_DIR, NAMESPACE, VALUES_DIR, helm, render
 from tests.support.chart_install import (
+    chart_configs,
     fullname,
     generated_secret_values,
     hub_kubeconfig,
@@ -191,13 +193,29 @@ async def flavors_configmap(bed: KubeBed, namespace: str) -> dict[str, str]:
     return dict(cm.data or {})
 
 
-async def test_upgrade_keeps_keys_and_restarts_the_hub_only_for_hub_config(kube_bed: KubeBed, kube_namespace: str) -> None:
+def hub_generates_keys(bed: KubeBed, namespace: str, tmp_path: Path) -> dict[str, str]:
+    """What the hub's config layer makes of the installed chart's config, as the hub's ServiceAccount, with no key in its env."""
+    config, _ = chart_configs(bed, namespace)
+    kubeconfig = hub_kubeconfig(bed, namespace, tmp_path / "hub-kubeconfig")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KUBECONFIG", str(kubeconfig))
+        # Outside a pod: the in-cluster config must not be found, so the kubeconfig is used.
+        mp.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        got = chartconfig.generated_keys(yaml.safe_load(config), {})
+    return {key: got[env] for key, env in chartconfig.GENERATED_KEYS.items()}
+
+
+async def test_upgrade_keeps_keys_and_restarts_the_hub_only_for_hub_config(kube_bed: KubeBed, kube_namespace: str, tmp_path: Path) -> None:
     ns = kube_namespace
     install_chart(kube_bed, ns)
-    keys = generated_secret_values(kube_bed, ns)
+    assert not set(generated_secret_values(kube_bed, ns)) & set(GENERATED_KEYS), "the chart renders no generated key"
+    # The hub's first start writes them, as its ServiceAccount.
+    keys = hub_generates_keys(kube_bed, ns, tmp_path)
+    assert {k: len(v) for k, v in keys.items()} == dict.fromkeys(GENERATED_KEYS, 64), "each generated key is 32 bytes of hex"
+    assert {k: v for k, v in generated_secret_values(kube_bed, ns).items() if k in GENERATED_KEYS} == keys
+    assert hub_generates_keys(kube_bed, ns, tmp_path) == keys, "a second start reads the keys back"
     hub = await hub_deployment(kube_bed, ns)
     catalogue = await flavors_configmap(kube_bed, ns)
-    assert all(len(keys[k]) == 64 for k in GENERATED_KEYS), "each generated key is 32 bytes of hex"
 
     # A different flavor catalogue.
     gpu_flavors = {"flavors": values_file("gpu-flavor.yaml")["flavors"]}
@@ -253,7 +271,9 @@ DENIED = [
     ("patch", "", "persistentvolumeclaims", "USER"),
     ("create", "", "services", "USER"),
     ("create", "", "pods/exec", "USER"),
-    # Nothing at all in the commons' namespace: not its Secrets, not its pods, not its config.
+    # Nothing in the commons' namespace but its own Secret by name (checked on its own): not the
+    # commons' Secrets, pods or config, no new Secret.
+    ("create", "", "secrets", "RELEASE"),
     ("get", "", "secrets", "RELEASE"),
     ("list", "", "secrets", "RELEASE"),
     ("list", "", "pods", "RELEASE"),
@@ -303,9 +323,11 @@ async def test_hub_service_account_has_exactly_the_charts_rbac(kube_bed: KubeBed
         await v1.create_namespaced_secret(ns, k8s_body({"metadata": {"name": "fence-jwt-keys"}, "stringData": {"k": "v"}}))
         await v1.create_namespaced_secret(other, k8s_body({"metadata": {"name": "victim"}, "stringData": {"k": "v"}}))
         roles = (await k8s.RbacAuthorizationV1Api(api).list_role_for_all_namespaces(label_selector="app.kubernetes.io/instance=ws")).items
-        mine = [r for r in roles if r.metadata.namespace in (ns, users)]
-        assert [(r.metadata.namespace, r.metadata.name) for r in mine] == [(users, f"{fullname()}-hub")], "one Role, in the users' namespace"
+        mine = sorted((r for r in roles if r.metadata.namespace in (ns, users)), key=lambda r: r.metadata.name)
+        assert [(r.metadata.namespace, r.metadata.name) for r in mine] == [(users, f"{fullname()}-hub"), (ns, f"{fullname()}-hub-keys")], "a Role in the users' namespace, and one for the hub's own Secret"
         role_rules = expand(api.sanitize_for_serialization(mine[0])["rules"])
+        keys_rules = api.sanitize_for_serialization(mine[1])["rules"]
+    assert keys_rules == [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": [f"{fullname()}-hub"], "verbs": ["get", "patch"]}]
     assert role_rules, "the hub Role has no rules"
 
     # What the hub itself will use: the kubeconfig KubeSpawner gets in the hub tests.
@@ -317,10 +339,10 @@ async def test_hub_service_account_has_exactly_the_charts_rbac(kube_bed: KubeBed
 
         authz = k8s.AuthorizationV1Api(api)
 
-        async def allowed(verb: str, group: str, resource: str, where: str) -> bool:
+        async def allowed(verb: str, group: str, resource: str, where: str, name: str = "") -> bool:
             target = {"USER": users, "RELEASE": ns, "OTHER": other}.get(where, where)
             resource, _, sub = resource.partition("/")
-            attributes = {"verb": verb, "group": group, "resource": resource, "namespace": target, "subresource": sub}
+            attributes = {"verb": verb, "group": group, "resource": resource, "namespace": target, "subresource": sub, "name": name}
             answer = await authz.create_self_subject_access_review(k8s_body({
                 "apiVersion": "authorization.k8s.io/v1",
                 "kind": "SelfSubjectAccessReview",
@@ -328,7 +350,12 @@ async def test_hub_service_account_has_exactly_the_charts_rbac(kube_bed: KubeBed
             }))
             return bool(answer.status.allowed)
 
+        hub_secret = f"{fullname()}-hub"
         verdicts = {case: await allowed(*case) for case in ALLOWED + DENIED}
+        # Its own Secret in the commons' namespace, by name: read and patch (the generated keys), nothing else.
+        named = {verb: await allowed(verb, "", "secrets", "RELEASE", hub_secret) for verb in ("get", "patch", "update", "delete")}
+        assert named == {"get": True, "patch": True, "update": False, "delete": False}
+        assert not await allowed("get", "", "secrets", "RELEASE", "fence-jwt-keys")
         assert [c for c in ALLOWED if not verdicts[c]] == [], "the hub lacks permissions it needs"
         assert [c for c in DENIED if verdicts[c]] == [], "the hub has permissions it must not have"
 
@@ -358,7 +385,8 @@ async def test_hub_service_account_has_exactly_the_charts_rbac(kube_bed: KubeBed
     async with kube_bed.token_client(await kube_bed.service_account_token(ns, "default")) as api:
         base_in_users, base_in_release, base_in_other = await rules_in(api, users), await rules_in(api, ns), await rules_in(api, other)
     assert hub_in_users - base_in_users == role_rules
-    assert hub_in_release - base_in_release == set()
+    # The keys Role (get and patch, limited to the hub's own Secret by resourceNames, checked above).
+    assert hub_in_release - base_in_release == {("", "secrets", "get"), ("", "secrets", "patch")}
     assert hub_in_other - base_in_other == set()
 
 

@@ -21,7 +21,7 @@ from gen3workspace.hub.auth import Gen3OAuthenticator
 from gen3workspace.spawner.kube import Gen3KubeSpawner
 from tests.support.chart_install import hub_kubeconfig, install_chart, users_namespace
 from tests.support.fakes import FakeUser, fake_hub
-from tests.support.fence import FenceStandIn
+from tests.support.fence import WORKSPACE_AUTHZ, FenceStandIn
 from tests.support.kube_fixtures import *  # noqa: F403
 from tests.support.kubebed import KubeBed
 from tests.support.kubelet import KubeletHarness
@@ -36,7 +36,7 @@ SERVER_CMD = [sys.executable, "-m", "http.server", "--bind", "0.0.0.0", "8888"]
 def fence() -> Iterator[FenceStandIn]:
     f = FenceStandIn()
     f.add_user("alice", groups=["analysts"])
-    f.add_user("gabi", groups=["gpu-users"])
+    f.add_user("gabi", authz={**WORKSPACE_AUTHZ, "/workspace-flavors/gpu": WORKSPACE_AUTHZ["/workspace"]})
     f.start()
     yield f
     f.stop()
@@ -78,7 +78,7 @@ async def admin(kube_bed: KubeBed) -> AsyncIterator[k8s.CoreV1Api]:
 
 def make_spawner(fence: FenceStandIn, namespace: str, user: str, groups: list[str]) -> Gen3KubeSpawner:
     auth = Gen3OAuthenticator(commons_url=fence.url, client_id=fence.client_id, client_secret=fence.client_secret)
-    fake = FakeUser(user, groups, auth_state={"access_token": fence.mint_access_token(user), "oauth_user": {"authz": {}}})
+    fake = FakeUser(user, groups, auth_state={"access_token": fence.mint_access_token(user), "oauth_user": {"authz": fence.users[user].authz}})
     spawner = Gen3KubeSpawner(user=fake, hub=fake_hub(), authenticator=auth, namespace=namespace, cmd=SERVER_CMD, start_timeout=60)
     spawner.fatal_error_poll_seconds = 0.2
     return spawner
@@ -180,7 +180,7 @@ async def test_forbidden_or_unknown_flavor_creates_no_object(
 async def test_gpu_member_gets_a_pod_requesting_the_gpu(
     fence: FenceStandIn, chart_ns: tuple[str, Path], harness: KubeletHarness, hub_sa_client: None, admin: k8s.CoreV1Api
 ) -> None:
-    spawner = make_spawner(fence, chart_ns[0], "gabi", ["gpu-users"])
+    spawner = make_spawner(fence, chart_ns[0], "gabi", [])
     spawner.user_options = {"flavor": "python-gpu"}
     await spawner.start()
     pod = await admin.read_namespaced_pod(spawner.pod_name, chart_ns[0])

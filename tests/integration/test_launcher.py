@@ -14,7 +14,7 @@ import requests
 import yaml
 
 from gen3workspace.spawner.flavors import default_catalogue_path
-from tests.support.fence import FenceStandIn
+from tests.support.fence import WORKSPACE_AUTHZ, FenceStandIn
 from tests.support.hub import Hub
 
 BASE = "/lw-workspace/"
@@ -294,7 +294,7 @@ def test_user_without_workspace_permission_is_403_and_not_created(hub: Hub, fenc
 
 
 def test_first_call_creates_the_user_with_the_token_as_auth_state(hub: Hub, fence: FenceStandIn) -> None:
-    fence.add_user("erin", groups=["gpu-users"])
+    fence.add_user("erin", groups=["gpu-users"], authz={**WORKSPACE_AUTHZ, "/workspace-flavors/gpu": WORKSPACE_AUTHZ["/workspace"]})
     token = fence.mint_access_token("erin")
     assert hub.api("GET", "users/erin").status_code == 404
     r = requests.get(hub.url + "options", headers={"Authorization": f"Bearer {token}"}, timeout=30)

@@ -47,7 +47,7 @@ class ChartHub(Hub):
     def __init__(
         self, tmp: Path, fence: FenceStandIn, kubeconfig: Path, config_yaml: str, flavors_yaml: str, base_url: str = "/workspace/",
         chart_db: bool = False, extra_config: str = "", extra_env: dict[str, str] | None = None, read_only_root: bool = False,
-        engine_conf: str = "",
+        engine_conf: str = "", keys_from_secret: bool = False,
     ):
         """`config_yaml` and `flavors_yaml`: the data of the ConfigMaps the chart installed.
 
@@ -59,17 +59,21 @@ class ChartHub(Hub):
 
         `engine_conf`: the chart's proxy ConfigMap (nginx.conf), run with the real nginx on
         loopback in place of the proxy pods: only its listen and hub addresses change.
+
+        `keys_from_secret`: give the hub no cookie secret or crypt key, as the chart does without
+        hub.existingSecret: the hub makes them in the chart's hub Secret through its
+        ServiceAccount (the kubeconfig) and reads them back when it restarts.
         """
         super().__init__(tmp, fence=fence, extra_config=extra_config)
         self.chart_db = chart_db
         self.read_only_root = read_only_root
         # Fixed per instance, so a restarted hub is found where the servers it started expect it.
         self.hub_port = free_port()
-        self.secret_env = {
+        generated = {} if keys_from_secret else {
             "GEN3WS_COOKIE_SECRET": secrets.token_hex(32),
             "JUPYTERHUB_CRYPT_KEY": secrets.token_hex(32),
-            **(extra_env or {}),
         }
+        self.secret_env = {**generated, **(extra_env or {})}
         self.engine_conf = engine_conf
         self.engine: subprocess.Popen[bytes] | None = None
         self.engine_dir: Path | None = None

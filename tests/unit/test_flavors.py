@@ -14,9 +14,11 @@ import yaml
 
 from gen3workspace.spawner.flavors import (
     CatalogueError,
+    FENCE_GROUPS_WHY,
     CatalogueWatcher,
     catalogue_json_schema,
     default_catalogue_path,
+    group_warnings,
     load_catalogue,
     parse_catalogue,
     parse_quantity,
@@ -41,7 +43,11 @@ def test_example_catalogue_has_python_r_and_a_restricted_gpu_flavor() -> None:
     images = {f.name: f.image for f in cat.flavors}
     assert any("python" in i for i in images.values()) and any("notebook-r" in i for i in images.values())
     gpu = [f for f in cat.flavors if f.gpu]
-    assert gpu and all(f.allowed_groups for f in gpu)
+    # Restricted by arborist resource outside /workspace, never by group (Fence fills no groups
+    # for policy access): see docs/authentication.md.
+    assert gpu and all(f.authz_resource and not f.allowed_groups for f in gpu)
+    assert all(not f.authz_resource.startswith("/workspace/") and f.authz_resource != "/workspace" for f in gpu)
+    assert group_warnings(cat) == []
     assert cat.get(cat.default) is not None
 
 
@@ -86,12 +92,18 @@ def test_quantities() -> None:
 
 def test_group_and_authz_restrictions() -> None:
     cat = load_catalogue(EXAMPLE)
+    from dataclasses import replace
+
     gpu = next(f for f in cat.flavors if f.gpu)
     small = cat.get("python-small")
-    assert not user_may_launch(gpu, ["analysts"], {})
-    assert user_may_launch(gpu, ["gpu-users"], {})
+    access = [{"service": "jupyterhub", "method": "access"}]
+    assert user_may_launch(gpu, [], {"/workspace": access, "/workspace-flavors/gpu": access})
+    assert not user_may_launch(gpu, [], {"/workspace": access})
+    assert not user_may_launch(gpu, ["gpu-users"], {"/workspace": access}), "a group is no way around the resource"
+    grouped = replace(small, allowed_groups=("gpu-users",))
+    assert not user_may_launch(grouped, ["analysts"], {})
+    assert user_may_launch(grouped, ["gpu-users"], {})
     assert user_may_launch(small, [], {})
-    from dataclasses import replace
 
     locked = replace(small, authz_resource="/workspace/special")
     assert not user_may_launch(locked, [], {"/workspace": [{"service": "jupyterhub", "method": "access"}]})
@@ -142,7 +154,8 @@ def test_cli_validate_list_and_schema(tmp_path: Path) -> None:
     listed = cli("flavors", "list", str(EXAMPLE), "--json")
     assert [r["name"] for r in json.loads(listed.stdout)] == ["python-small", "r-large", "python-gpu"]
     table = cli("flavors", "list", str(EXAMPLE)).stdout
-    assert "gpu-users" in table and "(default)" in table
+    assert "/workspace-flavors/gpu" in table and "(default)" in table
+    assert ok.stderr == "", "the example gives no warning"
     bad = tmp_path / "bad.yaml"
     data = example_data()
     data["flavors"][0]["memory"]["limit"] = "2 GB"
@@ -159,3 +172,48 @@ def test_numeric_cpu_of_any_size_is_a_quantity_not_a_crash(tmp_path: Path) -> No
     data["flavors"][0]["cpu"] = {"limit": 0.0000001}
     cat = parse_catalogue(yaml.safe_dump(data), "f.yaml")
     assert cat.flavors[0].cpu_limit == 1e-07
+
+
+def _grouped_catalogue(tmp_path: Path) -> Path:
+    data = example_data()
+    gpu = next(f for f in data["flavors"] if f.get("gpu"))
+    del gpu["authz_resource"]
+    gpu["allowed_groups"] = ["gpu-users"]
+    path = tmp_path / "grouped.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return path
+
+
+def test_allowed_groups_gets_a_warning_saying_why(tmp_path: Path) -> None:
+    path = _grouped_catalogue(tmp_path)
+    (warning,) = group_warnings(load_catalogue(path))
+    assert warning.startswith(f'{path}: flavor "python-gpu", field \'allowed_groups\' (gpu-users): ')
+    assert "userinfo `groups`" in warning and "empty for access granted by arborist policies" in warning and "authz_resource" in warning
+    assert group_warnings(load_catalogue(path), ["gpu-users"]) == [], "a group the hub makes from a resource is fine"
+
+
+def test_cli_validate_warns_about_allowed_groups_but_accepts_the_catalogue(tmp_path: Path) -> None:
+    path = _grouped_catalogue(tmp_path)
+    res = cli("flavors", "validate", str(path))
+    assert res.returncode == 0 and "OK, 3 flavors" in res.stdout
+    assert res.stderr.startswith("warning: ") and FENCE_GROUPS_WHY in res.stderr, res.stderr
+    known = cli("flavors", "validate", str(path), "--known-group", "gpu-users")
+    assert known.returncode == 0 and known.stderr == ""
+
+
+def test_the_watcher_warns_at_the_first_load_and_at_each_reload_not_per_request(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = _grouped_catalogue(tmp_path)
+    watcher = CatalogueWatcher(path, logging.getLogger("test-flavors-warn"))
+    watcher.warnings = group_warnings
+    with caplog.at_level(logging.WARNING, logger="test-flavors-warn"):
+        for _ in range(3):
+            watcher.current()
+        assert [r.getMessage().count("allowed_groups") for r in caplog.records] == [1]
+        caplog.clear()
+        data = yaml.safe_load(path.read_text())
+        data["flavors"][0]["display_name"] = "Python, small"
+        path.write_text(yaml.safe_dump(data, allow_unicode=True))
+        os.utime(path, ns=(1, 1))  # a new mtime even on a coarse clock
+        watcher.current()
+        warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 1 and FENCE_GROUPS_WHY in warned[0].getMessage()

@@ -86,8 +86,12 @@ def serialize(obj: Any) -> dict[str, Any]:
     return ApiClient.__new__(ApiClient).sanitize_for_serialization(obj)
 
 
+# Fence authz of a user holding the example GPU flavor's resource (the workspace-gpu policy).
+GPU_AUTHZ = {"oauth_user": {"authz": {p: [{"service": "jupyterhub", "method": "access"}] for p in ("/workspace", "/workspace-flavors/gpu")}}}
+
+
 async def manifests(flavor: str, user: FakeUser | None = None, **traits: Any) -> tuple[Gen3KubeSpawner, dict, dict, dict]:
-    spawner = make_spawner(user or FakeUser("alice@uchicago.edu", ["gpu-users"]), **traits)
+    spawner = make_spawner(user or FakeUser("alice@uchicago.edu", auth_state=GPU_AUTHZ), **traits)
     spawner.user_options = {"flavor": flavor}
     await spawner.load_user_options()
     spawner._api_key_id = "key-1"
@@ -219,7 +223,7 @@ async def test_form_lists_only_the_flavors_the_user_may_launch() -> None:
     outsider = make_spawner(FakeUser("alice", ["analysts"]))
     form = await outsider.get_options_form()
     assert 'value="python-small"' in form and 'value="r-large"' in form and "python-gpu" not in form
-    member = make_spawner(FakeUser("gabi", ["gpu-users"]))
+    member = make_spawner(FakeUser("gabi", auth_state=GPU_AUTHZ))
     form = await member.get_options_form()
     assert 'value="python-gpu"' in form and "1 GPU" in form and "notebook-python" in form
 
@@ -408,3 +412,30 @@ async def test_a_failed_revocation_is_logged_kept_and_retried_and_never_blocks_t
     assert key["key_id"] not in fence.active_keys("alice")
     assert second["key_id"] in fence.active_keys("alice")
     await again._cleanup_credentials()
+
+
+async def test_the_spawner_warns_about_allowed_groups_only_with_fence_login(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from gen3workspace.hub.auth import Gen3OAuthenticator
+
+    example = default_catalogue_path().read_text(encoding="utf-8")
+    grouped = example.replace("    authz_resource: /workspace-flavors/gpu\n", "    allowed_groups: [gpu-users]\n")
+    assert grouped != example
+
+    def warnings(name: str, authenticator: Any) -> list[str]:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(grouped, encoding="utf-8")
+        spawner = make_spawner(FakeUser("alice"), authenticator=authenticator, flavor_file=str(path))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            spawner.catalogue()
+            spawner.catalogue()
+        return [r.getMessage() for r in caplog.records if "allowed_groups" in r.getMessage()]
+
+    fence = Gen3OAuthenticator(commons_url="https://data.example.org", client_id="c", client_secret="s")
+    (warning,) = warnings("fence", fence)
+    assert 'flavor "python-gpu"' in warning and "empty for access granted by arborist policies" in warning
+    mapped = Gen3OAuthenticator(commons_url="https://data.example.org", client_id="c", client_secret="s", authz_groups={"/workspace-flavors/gpu": "gpu-users"})
+    assert warnings("mapped", mapped) == [], "a group the hub makes from a resource"
+    assert warnings("other", SimpleNamespace()) == [], "another login fills groups itself"

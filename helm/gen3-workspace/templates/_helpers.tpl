@@ -259,6 +259,41 @@ Usage: include "gen3ws.safePeers" (dict "peers" $list "key" "networkPolicy.noteb
 {{- toYaml $peers -}}
 {{- end -}}
 
+{{/*
+The hub's egress rule to the Kubernetes API server: networkPolicy.hub.apiServer.cidrs, else
+the addresses of the "kubernetes" Service and its Endpoints as `helm install` finds them (CNIs
+match either the Service address or, after translation, the endpoint's). `helm template`
+cannot look them up (Argo CD, Flux, CI), so it fails saying how to find them.
+*/}}
+{{- define "gen3ws.apiServerEgress" -}}
+{{- $api := .Values.networkPolicy.hub.apiServer -}}
+{{- $cidrs := $api.cidrs | default list -}}
+{{- $ports := $api.ports | default list -}}
+{{- if not $cidrs -}}
+{{- $svc := lookup "v1" "Service" "default" "kubernetes" -}}
+{{- $eps := lookup "v1" "Endpoints" "default" "kubernetes" -}}
+{{- with $svc.spec -}}{{- if .clusterIP -}}{{- $cidrs = append $cidrs (printf "%s/32" .clusterIP) -}}{{- end -}}{{- end -}}
+{{- range ($eps.subsets | default list) -}}
+{{- range (.addresses | default list) -}}{{- $cidrs = append $cidrs (printf "%s/32" .ip) -}}{{- end -}}
+{{- range (.ports | default list) -}}{{- $ports = append $ports (int .port) -}}{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $cidrs = $cidrs | uniq -}}
+{{- if not $cidrs -}}
+{{- fail "networkPolicy.hub.apiServer.cidrs is required where the chart cannot look the API server up (helm template, Argo CD, Flux): list the addresses of the Kubernetes API server as /32 CIDRs, the Service address and the endpoints' (kubectl get service kubernetes -n default -o jsonpath='{.spec.clusterIP}'; kubectl get endpoints kubernetes -n default -o jsonpath='{.subsets[*].addresses[*].ip}'), and their port in networkPolicy.hub.apiServer.ports; or set networkPolicy.enabled=false" -}}
+{{- end -}}
+- to:
+    {{- range $cidrs }}
+    - ipBlock:
+        cidr: {{ if contains "/" . }}{{ . }}{{ else }}{{ . }}/32{{ end }}
+    {{- end }}
+  ports:
+    {{- range ($ports | uniq) }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- end -}}
+
 {{/* The egress rule to the cluster DNS, shared by every NetworkPolicy. */}}
 {{- define "gen3ws.dnsEgress" -}}
 - to:

@@ -11,7 +11,8 @@
     "frameAncestors" $ancestors
     "db" (dict "type" .Values.hub.db.type "url" .Values.hub.db.url "sqlitePath" "/srv/jupyterhub/jupyterhub.sqlite")
     "config" .Values.hub.config
-    "extraConfig" .Values.hub.extraConfig)
+    "extraConfig" .Values.hub.extraConfig
+    "generatedKeys" (ternary (dict) (dict "secret" (include "gen3ws.hubSecret" .) "namespace" .Release.Namespace) (not (empty .Values.hub.existingSecret.name))))
   "auth" (dict
     "clientId" .Values.auth.clientId
     "callbackUrl" (include "gen3ws.callbackUrl" .)
