@@ -7,13 +7,14 @@ from typing import Any
 from urllib.parse import urlencode
 
 from oauthenticator.generic import GenericOAuthenticator
-from oauthenticator.oauth2 import OAuthLogoutHandler
+from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthLogoutHandler
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Bool, Dict, Integer, TraitError, Unicode, default, validate
 
 from gen3workspace.hub import fenceanswers, logscrub
 from gen3workspace.hub.fenceanswers import FenceAnswerError, jwt_claims
+from gen3workspace.hub.identity import FenceBearer, WorkspaceLoginMixin, WorkspaceLogoutMixin
 from gen3workspace.hub.pages import WorkspaceRefused, leave_frame
 from gen3workspace.spawner.common import FENCE_MAX_CLIENTS
 from gen3workspace.spawner.flavors import has_permission
@@ -51,8 +52,8 @@ def _fence_unreachable(e: BaseException) -> bool:
     return isinstance(e, (OSError, TimeoutError, FenceAnswerError))
 
 
-class Gen3LogoutHandler(OAuthLogoutHandler):
-    """Logs out of the hub, then sends the browser through Fence's logout to end that session too."""
+class Gen3LogoutHandler(WorkspaceLogoutMixin, OAuthLogoutHandler):
+    """Logs out of the hub (and the workspace session), then sends the browser through Fence's logout to end that session too."""
 
     async def render_logout_page(self) -> None:
         target = self.authenticator.fence_logout_redirect()
@@ -63,10 +64,15 @@ class Gen3LogoutHandler(OAuthLogoutHandler):
         await super().render_logout_page()
 
 
+class Gen3CallbackHandler(WorkspaceLoginMixin, OAuthCallbackHandler):
+    """Fence's redirect back to the hub: the login, and the workspace session with it."""
+
+
 class Gen3OAuthenticator(GenericOAuthenticator):
     """Authenticate Gen3 commons users with Fence and admit those allowed to use the Workspace."""
 
     logout_handler = Gen3LogoutHandler
+    callback_handler = Gen3CallbackHandler
 
     commons_url = Unicode(
         "",
@@ -352,6 +358,12 @@ class Gen3OAuthenticator(GenericOAuthenticator):
         return fenceanswers.userinfo_answer(await super().token_to_user(token_info), str(self.username_claim))
 
     async def authenticate(self, handler: Any, data: Any = None, **kwargs: Any) -> dict[str, Any] | None:
+        if isinstance(data, FenceBearer):
+            # A login with a Fence access token the caller already holds (the portal's, see
+            # Gen3Identity.identify): Fence's /user/user instead of the code exchange; the rest
+            # of get_authenticated_user is the same as for the OAuth login. Errors go to the
+            # caller, which answers them as a bearer call (401/503), not as a login page.
+            return await self._token_to_auth_model({"access_token": data.token, "token_type": "Bearer"})
         try:
             return await super().authenticate(handler, data, **kwargs)
         except FenceAnswerError as e:

@@ -8,10 +8,11 @@ import unicodedata
 from typing import Any
 
 from jupyterhub.auth import Authenticator
-from jupyterhub.handlers import LogoutHandler
+from jupyterhub.handlers import LoginHandler, LogoutHandler
 from tornado import web
 from traitlets import Dict, List, Unicode, default
 
+from gen3workspace.hub.identity import WorkspaceLoginMixin, WorkspaceLogoutMixin
 from gen3workspace.hub.pages import leave_frame
 
 BANNER = "DEV LOGIN — no Fence, no password, localhost only. Never expose this hub."
@@ -52,8 +53,12 @@ def _client_addresses(request: Any) -> list[str]:
     return [peer, forwarded[-1]] if forwarded else [peer]
 
 
-class DevLogoutHandler(LogoutHandler):
-    """Logout that can send the user back to the portal, like the Fence logout does."""
+class DevLoginHandler(WorkspaceLoginMixin, LoginHandler):
+    """JupyterHub's login form; the workspace session starts with the login."""
+
+
+class DevLogoutHandler(WorkspaceLogoutMixin, LogoutHandler):
+    """Logout (of the workspace session too) that can send the user back to the portal, like the Fence logout does."""
 
     async def render_logout_page(self) -> None:
         if self.authenticator.logout_redirect_url:
@@ -105,4 +110,4 @@ class DevAuthenticator(Authenticator):
         return {"name": name, "groups": sorted(groups)}
 
     def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
-        return [*super().get_handlers(app), (r"/logout", DevLogoutHandler)]
+        return [(r"/login", DevLoginHandler), (r"/logout", DevLogoutHandler)]

@@ -18,7 +18,7 @@ from jupyterhub.scopes import identify_scopes
 from jupyterhub.utils import url_path_join
 from tornado import web
 
-from gen3workspace.hub.identity import _Gen3Handler
+from gen3workspace.hub.identity import _Gen3Handler, api_token_user
 from gen3workspace.hub.pages import error_page
 
 
@@ -89,7 +89,8 @@ class _DecidingHandler(_Gen3Handler):
             # A JupyterHub API token, as scripts and extensions send to their own server:
             # JupyterHub names its owner, the same on HTTP and WebSockets.
             self.auth_kind = "hub-token"
-            self._jupyterhub_user = self.get_current_user_token()
+            # identify()'s rules for API tokens (valid, no session row, login re-checked).
+            self._jupyterhub_user = await api_token_user(self)
         else:
             try:
                 self._jupyterhub_user, self.auth_kind = await self.launcher.identify(self)

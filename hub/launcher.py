@@ -20,10 +20,11 @@ from typing import Any
 from jupyterhub.utils import url_path_join
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient
+from tornado.routing import Rule
 from traitlets import Bool, Integer, List, Unicode, validate
 
 from gen3workspace.hub.gate import RouteDecisionHandler, UserServerPage
-from gen3workspace.hub.identity import Gen3Identity, SessionHandler, _Gen3Handler, bearer_token
+from gen3workspace.hub.identity import BadAddress, BadAddressHandler, Gen3Identity, SessionHandler, _Gen3Handler, bearer_token
 from gen3workspace.spawner.flavors import Flavor
 
 # JupyterLab's own idle shutdown (spawner/singleuser/jupyter_server_config.py) when a flavor
@@ -97,6 +98,8 @@ class Gen3Launcher(Gen3Identity):
     def handlers(self, base_url: str, hub_prefix: str) -> list[Any]:
         """Tornado rules, placed in front of all of JupyterHub's own."""
         rules: list[Any] = [
+            # A control character in a path or next= is a 400 wherever it is sent, JupyterHub's pages included.
+            Rule(BadAddress(), BadAddressHandler),
             # The engine's auth_request (never reachable through the engine itself).
             (url_path_join(hub_prefix, "gen3-route"), RouteDecisionHandler, {"launcher": self}),
             # What the engine hands back when the decision is no: the page, never the server.
@@ -285,6 +288,12 @@ class LauncherAPIHandler(_Gen3Handler):
         user = self.current_user
         if user is None:
             raise web.HTTPError(401, "Log in first: no Fence access token (Authorization: bearer) and no workspace session.")
+        if self.auth_kind == "hub-token":
+            # A JupyterHub API token acts with its own scopes: reading needs read:servers,
+            # launching and terminating servers, each on the token owner's servers.
+            needed = "read:servers" if self.request.method in ("GET", "HEAD") else "servers"
+            if not self.has_scope(f"{needed}!user={user.name}"):
+                raise web.HTTPError(403, f"This JupyterHub API token lacks the {needed} permission on your servers.")
         return user
 
     def check_csrf(self) -> None:
@@ -292,6 +301,9 @@ class LauncherAPIHandler(_Gen3Handler):
         # cookie-to-header conversion: a browser call, so it needs the header as well.
         from_cookie = self.get_cookie("access_token") == bearer_token(self.request)
         if self.auth_kind == "bearer" and not from_cookie:
+            return
+        if self.auth_kind == "hub-token":
+            # A JupyterHub API token is sent by a script, never by a browser on its own.
             return
         sent = self.request.headers.get(self.launcher.csrf_header, "")
         cookie = self.get_cookie(self.launcher.csrf_cookie)

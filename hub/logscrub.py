@@ -24,6 +24,15 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
         ),
         rf"\1={REDACTED}",
     ),
+    # The same inside a percent-encoded URL, e.g. a redirect's `next=%2Fuser%2Fa%2F%3Ftoken%3D...`
+    # (once or twice encoded), which JupyterHub's own access-log scrubbing does not look into.
+    (
+        re.compile(
+            r"(?i)(?:(?<=%3F)|(?<=%26)|(?<=%253F)|(?<=%2526)|\b)(code|state|token|access_token|refresh_token|id_token|api_key|"
+            r"apikey|client_secret|password|secret|_xsrf|code_verifier|key)(%3D|%253D)(?!%5B|\[)((?:(?!%26|%2526|%23|%2523)[^&\s'\"#;,)\]])+)"
+        ),
+        rf"\1\2{REDACTED}",
+    ),
     # JSON or repr fields: "access_token": "...", 'api_key': '...'
     (
         re.compile(

@@ -272,7 +272,7 @@ def test_expired_foreign_and_garbage_tokens_are_401(hub: Hub, fence: FenceStandI
     other.add_user("alice")
     foreign = requests.Session()
     # Signed by another commons' key and naming another issuer: our Fence refuses it.
-    foreign.headers["Authorization"] = f"bearer {other.mint_access_token('alice')}"
+    foreign.headers["Authorization"] = f"bearer {other.mint_access_token('alice', azp=fence.client_id)}"
     garbage = requests.Session()
     garbage.headers["Authorization"] = "Bearer not-a-jwt"
     for s in (expired, foreign, garbage):
@@ -348,9 +348,12 @@ def test_hub_login_alone_is_a_session_for_the_api_and_the_frame(hub: Hub, fence:
     # No bearer token at all (no revproxy): the hub's own login, handed to the launcher.
     s, r = hub.login("carol")
     assert r.status_code == 200
-    r = s.get(hub.url + "options", timeout=30)
-    assert r.status_code == 401
-    # The frame's way in: proxy/ without identity -> hub session hand-over -> back.
+    # The login itself starts the workspace session: no visit to proxy/ first.
+    assert s.get(hub.url + "options", timeout=30).status_code == 200
+    for c in [c for c in s.cookies if c.name == "gen3ws-session"]:
+        s.cookies.clear(c.domain, c.path, c.name)
+    assert s.get(hub.url + "options", timeout=30).status_code == 401
+    # The frame's way in with only the hub's login: proxy/ -> hub session hand-over -> back.
     r = s.get(hub.url + "proxy/", allow_redirects=False, timeout=30)
     assert r.status_code == 302 and "/lw-workspace/hub/gen3-session?next=" in r.headers["Location"]
     r = s.get(hub.url + "proxy/", timeout=30)
