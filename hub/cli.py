@@ -32,7 +32,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def port_free(ip: str, port: int) -> bool:
+    """Whether a server could listen on the port now.
+
+    SO_REUSEADDR as nginx and tornado set it: connections of a stopped server still closing
+    (TIME_WAIT, FIN_WAIT) hold no listener, and a restart on the same port must not be refused.
+    """
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((ip, port))
         except OSError:

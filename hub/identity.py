@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlparse
 
 from jupyterhub import orm
 from jupyterhub.handlers.base import BaseHandler
+from jupyterhub.handlers.pages import TokenPageHandler
 from jupyterhub.utils import url_path_join
 from tornado import httputil, web
 from tornado.httpclient import HTTPClientError
@@ -440,6 +441,19 @@ class _Gen3Handler(BaseHandler):
 
     def set_session_cookie_for(self, user: Any) -> None:
         start_workspace_session(self, user)
+
+
+class TokenPage(TokenPageHandler):
+    """JupyterHub's token page without the rows behind `gen3ws-session` cookies.
+
+    Those rows are browser logins, not API tokens: listed, they read as a token with no scopes
+    the person never made, and revoking one logs a browser out without saying so.
+    """
+
+    def render_template(self, name: str, sync: bool = False, **ns: Any) -> Any:
+        if "api_tokens" in ns:
+            ns["api_tokens"] = [t for t in ns["api_tokens"] if t.note != SESSION_NOTE]
+        return super().render_template(name, sync=sync, **ns)
 
 
 class SessionHandler(_Gen3Handler):

@@ -24,7 +24,7 @@ from tornado.routing import Rule
 from traitlets import Bool, Integer, List, Unicode, validate
 
 from gen3workspace.hub.gate import RouteDecisionHandler, UserServerPage
-from gen3workspace.hub.identity import BadAddress, BadAddressHandler, Gen3Identity, SessionHandler, _Gen3Handler, bearer_token
+from gen3workspace.hub.identity import BadAddress, BadAddressHandler, Gen3Identity, SessionHandler, TokenPage, _Gen3Handler, bearer_token
 from gen3workspace.spawner.flavors import Flavor
 
 # JupyterLab's own idle shutdown (spawner/singleuser/jupyter_server_config.py) when a flavor
@@ -106,6 +106,7 @@ class Gen3Launcher(Gen3Identity):
             (rf"{base_url}user/(?P<name>[^/]+)(?P<rest>/.*)?", UserServerPage, {"launcher": self}),
         ]
         rules.append((url_path_join(hub_prefix, "gen3-session"), SessionHandler, {"launcher": self}))
+        rules.append((url_path_join(hub_prefix, "token"), TokenPage))
         if self.enabled:
             p = self.prefix
             rules.append((rf"{p}proxy(?P<rest>/.*)?", PortalProxyHandler, {"launcher": self}))

@@ -117,11 +117,15 @@ def explain_error(username: str, status_code: int, message: str = "", exception:
 def error_page(handler: Any, status_code: int, message: str, exception: Any = None) -> str:
     """Our error page (templates/error.html) for a JupyterHub handler that writes its own errors,
     such as the gate in front of users' servers: the same words, user and Logout as every hub page."""
+    from jupyterhub import orm
     from tornado.httputil import responses
 
+    # A service's token (an operator's script) is no person: the page's user menu is for users.
+    user = handler.current_user
     return handler.render_template(
         "error.html",
         sync=True,
+        user=None if isinstance(user, orm.Service) else user,
         status_code=status_code,
         status_message=responses.get(status_code, "Error"),
         message=message,

@@ -60,6 +60,7 @@ def restart(hub: Hub) -> None:
     deadline = time.time() + 60
     while time.time() < deadline:
         with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("127.0.0.1", hub.port))
                 break
