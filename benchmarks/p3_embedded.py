@@ -13,7 +13,6 @@ import argparse
 import html
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from typing import Any
 
 import requests
 
+from benchmarks.sides import stop_process
 from benchmarks.stats import REPO, chp_command, fmt, goal, goals_table, interleaved, load, ratio, summary, table, write_results
 from gen3workspace.hub.cli import free_port
 
@@ -89,16 +89,6 @@ def wait_for(check: Any, timeout: float, what: str, proc: subprocess.Popen[bytes
     raise TimeoutError(f"{what} not within {timeout:.0f} s")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-
-
 def lab_ready(s: requests.Session, url: str, user: str) -> bool:
     """JupyterLab itself answered 200 (after the server's OAuth round trip), not the hub's pending page."""
     r = s.get(f"{url}user/{user}/lab", timeout=30)
@@ -133,7 +123,7 @@ def one_run(side: str, tmp: Path, user: str) -> dict[str, Any]:
             print(f"{side} run failed; log {log_path}:\n{log_path.read_text(errors='replace')[-3000:]}", file=sys.stderr)
             raise
         finally:
-            stop(proc)
+            stop_process(proc)
     return {"side": side, "start_to_login_page": login_page_at - began, "login_to_lab": lab_at - t_login}
 
 

@@ -48,6 +48,17 @@ def auth(side: Side, user: str) -> dict[str, str]:
     return {"Authorization": f"token {side.token(user)}"}
 
 
+async def bobs_status(http: aiohttp.ClientSession, side: Side, timeout: float) -> bool:
+    """Whether the other user's (bob's) server answered its status call within `timeout` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            async with http.get(server_url(side, "bob") + "api/status", headers=auth(side, "bob")) as r:
+                await r.read()
+                return r.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
 def client(limit: int = 100) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit), timeout=aiohttp.ClientTimeout(total=None, sock_read=120))
 
@@ -309,13 +320,7 @@ async def latency_while(side: Side, seconds: float, trouble: Any = None) -> dict
     async with client() as http:
         while time.monotonic() < stop_at:
             began = time.perf_counter()
-            try:
-                async with asyncio.timeout(30):
-                    async with http.get(server_url(side, "bob") + "api/status", headers=auth(side, "bob")) as r:
-                        await r.read()
-                        ok = r.status == 200
-            except (aiohttp.ClientError, TimeoutError):
-                ok = False
+            ok = await bobs_status(http, side, 30)
             if ok:
                 samples.append(time.perf_counter() - began)
             else:
@@ -388,13 +393,7 @@ async def restart_figures(side: Side, users: list[str]) -> dict[str, Any]:
         async def poll() -> None:
             nonlocal ok, failed
             while not stop.is_set():
-                try:
-                    async with asyncio.timeout(10):
-                        async with http.get(server_url(side, "bob") + "api/status", headers=auth(side, "bob")) as r:
-                            await r.read()
-                            good = r.status == 200
-                except (aiohttp.ClientError, TimeoutError):
-                    good = False
+                good = await bobs_status(http, side, 10)
                 ok += good
                 failed += not good
                 await asyncio.sleep(0.1)
