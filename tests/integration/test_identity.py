@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import re
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from urllib.parse import quote, unquote
 import pytest
 import requests
 
+from gen3workspace.hub.cli import port_free
 from tests.support.fence import FenceStandIn
 from tests.support.hub import Hub
 
@@ -58,14 +58,9 @@ def restart(hub: Hub) -> None:
     """Stop and start the hub on its port, once the old proxy has let go of it."""
     hub.stop()
     deadline = time.time() + 60
-    while time.time() < deadline:
-        with socket.socket() as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", hub.port))
-                break
-            except OSError:
-                time.sleep(0.3)
+    # The same check `gen3-workspace up` makes before it starts.
+    while time.time() < deadline and not port_free("127.0.0.1", hub.port):
+        time.sleep(0.3)
     hub.start()
 
 
